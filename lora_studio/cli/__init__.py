@@ -1,0 +1,66 @@
+"""The ``lora-studio`` command.
+
+Each sub-command lives in its own module in this package and exposes ``register(subparsers)``,
+which adds its parser and sets ``func``; adding a command means adding a module and one line in
+``COMMANDS``. Errors of the project's own types are printed as one line (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from lora_studio import __version__
+from lora_studio.core.errors import CancelledError, ConfigError, LoraStudioError
+
+COMMANDS = ["info"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lora-studio",
+        description="Fine-tune language models with LoRA and QLoRA on your own machine.",
+    )
+    parser.add_argument("--version", action="version", version=f"lora-studio {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"lora_studio.cli.{name.replace('-', '_')}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except CancelledError as exc:
+        print_error(exc, json_mode=getattr(args, "json", False))
+        return 130
+    except ConfigError as exc:
+        print_error(exc, json_mode=getattr(args, "json", False))
+        return 2
+    except LoraStudioError as exc:
+        print_error(exc, json_mode=getattr(args, "json", False))
+        return 1
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+
+
+def print_error(exc: LoraStudioError, *, json_mode: bool = False) -> None:
+    """One line for a person; a JSON object on stdout for ``--json`` callers."""
+    if json_mode:
+        payload = {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+        print(json.dumps(payload))
+    print(f"error: {exc}", file=sys.stderr)
+
+
+def use_color(stream: object = sys.stdout) -> bool:
+    return bool(getattr(stream, "isatty", lambda: False)()) and "NO_COLOR" not in os.environ

@@ -1,0 +1,519 @@
+"""The run configuration: one typed object shared by the GUI, the CLI and the engine.
+
+Every field carries a description that says what it does and what it costs; the CLI's ``--help``
+and the GUI's tooltips are built from that text, so it is written for a user. Defaults train the
+bundled default model on a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lora_studio.core.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+Quantization = Literal["none", "int8", "nf4", "fp4"]
+ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
+DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]
+Optimizer = Literal["adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"]
+Scheduler = Literal["linear", "cosine", "constant_with_warmup"]
+LoraInit = Literal["default", "gaussian", "pissa", "olora"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    source: str = Field(
+        "default",
+        description="Model to fine-tune: 'default' (bundled SmolLM2-135M-Instruct), a Hugging Face "
+        "model folder, a .gguf file, or a hub id already in the local Hugging Face cache.",
+    )
+    quantization: Quantization = Field(
+        "none",
+        description="How the frozen base weights are stored. 'nf4'/'fp4' (4-bit, QLoRA) use about a "
+        "quarter of 16-bit memory; 'int8' about half. Quantized training is slower per step.",
+    )
+    double_quant: bool = Field(
+        False,
+        description="4-bit only: also quantize the quantization scales. Saves ~0.4 bits per "
+        "parameter (about 3% of the 4-bit weights) at a small speed cost.",
+    )
+    compute_dtype: ComputeDtype = Field(
+        "auto",
+        description="Precision of the computation and of unquantized weights. 'auto' picks bf16 where "
+        "the device supports it, else fp32 on CPU / fp16 on older GPUs. fp32 doubles weight memory.",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped with the model folder. Only enable for models you trust: "
+        "that code runs with your user's rights.",
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="Allow loading pickled .bin weights. Pickle files can run arbitrary code when "
+        "loaded; prefer safetensors.",
+    )
+
+
+class LoraSection(_Section):
+    r: int = Field(
+        16,
+        description="LoRA rank: size of the trainable update. Higher can learn more, and costs more "
+        "memory and time (trainable parameters grow linearly with r).",
+    )
+    alpha: float = Field(
+        32.0,
+        description="LoRA scaling: the update is multiplied by alpha/r (alpha/sqrt(r) with rsLoRA). "
+        "Commonly 2×r. No memory cost.",
+    )
+    dropout: float = Field(
+        0.05,
+        description="Dropout on the LoRA input during training. Regularises small datasets; a little "
+        "extra activation memory.",
+    )
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Which layers get adapters: 'all-linear' (every linear layer except the output "
+        "head; best quality) or a list of module names such as ['q_proj', 'v_proj'] (less memory).",
+    )
+    use_dora: bool = Field(
+        False,
+        description="DoRA: learn magnitude and direction separately. Often better at low rank; "
+        "slower and uses more activation memory.",
+    )
+    use_rslora: bool = Field(
+        False,
+        description="Rank-stabilised LoRA: scale by alpha/sqrt(r). Helps at high ranks. No cost.",
+    )
+    init: LoraInit = Field(
+        "default",
+        description="How adapters start: 'default' (B = 0, so training starts from the base model), "
+        "'gaussian', or 'pissa'/'olora' (from the weights' principal directions; slower to start).",
+    )
+
+    @field_validator("r")
+    @classmethod
+    def _positive_rank(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        if value > 4096:
+            raise ValueError("must be at most 4096")
+        return value
+
+    @field_validator("alpha")
+    @classmethod
+    def _positive_alpha(cls, value: float) -> float:
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError("must be a positive number")
+        return value
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout_range(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            if value != "all-linear":
+                raise ValueError("must be 'all-linear' or a list of module names")
+            return value
+        if not value:
+            raise ValueError("must name at least one module")
+        if any(not name.strip() for name in value):
+            raise ValueError("module names must not be empty")
+        return value
+
+
+class DataSection(_Section):
+    path: str = Field(
+        "demo",
+        description="Training data: a .json, .jsonl, .csv, .tsv, .parquet or .txt file, a folder of "
+        "such files, or 'demo' for the bundled identity dataset.",
+    )
+    format: DataFormat = Field(
+        "auto",
+        description="Record format. 'auto' detects Alpaca, ShareGPT, OpenAI messages, "
+        "prompt/completion or plain text from the fields present.",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Column mapping that overrides detection, e.g. {instruction = 'question', "
+        "output = 'answer'}.",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="System prompt added to every conversation that has none of its own.",
+    )
+    eval_path: str | None = Field(
+        None, description="A separate evaluation file. Overrides eval_fraction when set."
+    )
+    eval_fraction: float = Field(
+        0.0,
+        description="Fraction of the training data held out for evaluation (seeded split). Costs "
+        "evaluation time at each eval interval.",
+    )
+    max_seq_len: int = Field(
+        512,
+        description="Longest example in tokens; longer ones are cut. Activation memory grows "
+        "linearly with it (and attention memory faster without efficient attention).",
+    )
+    train_on: Literal["assistant", "all"] = Field(
+        "assistant",
+        description="Which tokens the loss is computed on: only the assistant's answers (usual for "
+        "chat data) or every token (for plain text).",
+    )
+    packing: bool = Field(
+        False,
+        description="Pack several examples into one row without padding (examples never attend to "
+        "each other). Faster on data with varied lengths; same memory per row.",
+    )
+    txt_split: Literal["paragraph", "line"] = Field(
+        "paragraph",
+        description="For .txt files: one document per blank-line-separated block, or per line.",
+    )
+    skip_invalid: bool = Field(
+        False,
+        description="Train on the valid records and report each skipped one, instead of stopping at "
+        "the first invalid record.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a dataset file, folder or 'demo'")
+        return value
+
+    @field_validator("eval_fraction")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return value
+
+    @field_validator("max_seq_len")
+    @classmethod
+    def _seq_len(cls, value: int) -> int:
+        if value < 8:
+            raise ValueError("must be at least 8 tokens")
+        return value
+
+
+class TrainingSection(_Section):
+    epochs: float = Field(3.0, description="Passes over the training data. Ignored when max_steps is set.")
+    max_steps: int | None = Field(
+        None, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    learning_rate: float = Field(
+        5e-4,
+        description="Step size. LoRA typically uses 1e-4 to 5e-4; too high gives a diverging (NaN) loss.",
+    )
+    scheduler: Scheduler = Field(
+        "linear", description="How the learning rate changes over the run after warm-up."
+    )
+    warmup_steps: int = Field(0, description="Steps of linear warm-up from 0. Overrides warmup_ratio.")
+    warmup_ratio: float = Field(0.0, description="Warm-up as a fraction of all steps.")
+    batch_size: int = Field(
+        8,
+        description="Examples per step on each device. Activation memory grows linearly with it.",
+    )
+    grad_accum: int = Field(
+        1,
+        description="Steps whose gradients are summed before an update: a larger effective batch at "
+        "no extra memory, at the cost of time.",
+    )
+    optimizer: Optimizer = Field(
+        "adamw_torch",
+        description="AdamW keeps 8 bytes of state per trainable parameter; the 8-bit variants ~2 "
+        "bytes; 'paged' variants can spill state to CPU memory under pressure (CUDA only).",
+    )
+    weight_decay: float = Field(0.0, description="Decoupled weight decay on the adapter weights.")
+    max_grad_norm: float = Field(1.0, description="Clip gradients to this norm (0 disables clipping).")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass: far less activation memory, about "
+        "30% slower.",
+    )
+    seed: int = Field(42, description="Random seed for initialisation, shuffling and the eval split.")
+    logging_steps: int = Field(1, description="Report loss, learning rate and memory every N steps.")
+    eval_steps: int | None = Field(
+        None, description="Evaluate every N steps (default: at each logging of the last step only)."
+    )
+    save_steps: int = Field(
+        10, description="Write a resumable checkpoint every N steps. Each costs a little disk and time."
+    )
+    save_total_limit: int = Field(2, description="Checkpoints to keep; older ones are deleted.")
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: ["What is your name?", "Who created you?", "What can you help me with?"],
+        description="Prompts answered (greedy) before and after training, to show what changed.",
+    )
+    sample_max_new_tokens: int = Field(48, description="Length of each sample answer in tokens.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingSection:
+        problems: list[tuple[str, str]] = []
+        if not (self.epochs > 0 and math.isfinite(self.epochs)):
+            problems.append(("epochs", "must be a positive number"))
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(("max_steps", "must be at least 1 (or unset to use epochs)"))
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            problems.append(("learning_rate", "must be a positive number"))
+        elif self.learning_rate > 1.0:
+            problems.append(("learning_rate", "is above 1.0, which always diverges; try 1e-4 to 5e-4"))
+        for name in ("batch_size", "grad_accum", "logging_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                problems.append((name, "must be at least 1"))
+        if self.eval_steps is not None and self.eval_steps < 1:
+            problems.append(("eval_steps", "must be at least 1 (or unset)"))
+        if self.warmup_steps < 0:
+            problems.append(("warmup_steps", "must not be negative"))
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(("warmup_ratio", "must be in [0, 1)"))
+        if self.weight_decay < 0:
+            problems.append(("weight_decay", "must not be negative"))
+        if self.max_grad_norm < 0:
+            problems.append(("max_grad_norm", "must not be negative"))
+        if self.save_total_limit < 1:
+            problems.append(("save_total_limit", "must be at least 1"))
+        if self.sample_max_new_tokens < 1:
+            problems.append(("sample_max_new_tokens", "must be at least 1"))
+        if problems:
+            raise _FieldProblems(problems)
+        return self
+
+
+class OutputSection(_Section):
+    runs_dir: str | None = Field(
+        None,
+        description="Folder that holds run folders. Default: $LORA_STUDIO_RUNS_DIR or the app's data folder.",
+    )
+    run_name: str = Field("run", description="Name appended to the run id (YYYYmmdd-HHMMSS-name).")
+
+    @field_validator("run_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        cleaned = value.strip()
+        if not cleaned:
+            raise ValueError("must not be empty")
+        if any(ch in cleaned for ch in '/\\:*?"<>|') or cleaned in {".", ".."}:
+            raise ValueError('must not contain / \\ : * ? " < > |')
+        return cleaned
+
+
+class RunConfig(_Section):
+    schema_version: int = Field(SCHEMA_VERSION, description="Version of this file's layout.")
+    model: ModelSection = Field(default_factory=ModelSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    data: DataSection = Field(default_factory=DataSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        problems: list[tuple[str, str]] = []
+        if self.model.double_quant and self.model.quantization not in ("nf4", "fp4"):
+            problems.append(("model.double_quant", "only applies to 4-bit quantization (nf4 or fp4)"))
+        if self.training.optimizer.startswith("paged") and self.model.quantization == "none":
+            pass  # valid: paged optimizers work without quantization too
+        if problems:
+            raise _FieldProblems(problems)
+        return self
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str | None = None) -> RunConfig:
+        """Validate a plain dict; every bad field is reported at once as a :class:`ConfigError`."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_problems_from(exc), source=source) from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> RunConfig:
+        """Read a TOML file written by :meth:`save` (or by hand)."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError({"file": "does not exist"}, source=str(path)) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError({"file": f"cannot be read ({exc})"}, source=str(path)) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError({"file": f"is not valid TOML ({exc})"}, source=str(path)) from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="python")
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically (temporary file then rename) so a crash never leaves half a config."""
+        atomic_write_text(Path(path), self.to_toml())
+
+    def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
+        """A copy with dotted-name overrides applied (``{"training.learning_rate": 1e-4}``)."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, name = dotted.partition(".")
+            if not name or section not in data or not isinstance(data[section], dict):
+                raise ConfigError({dotted: "is not a configuration field"})
+            data[section][name] = value
+        return RunConfig.from_dict(data)
+
+    def check_against_model(self, context_length: int | None) -> None:
+        """Checks that need the model: a sequence length over the model's context is refused."""
+        if context_length and self.data.max_seq_len > context_length:
+            raise ConfigError(
+                {
+                    "data.max_seq_len": f"{self.data.max_seq_len} is longer than the model's context "
+                    f"length ({context_length})"
+                }
+            )
+
+
+class _FieldProblems(ValueError):
+    """Raised inside validators to report several fields of one section at once."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{n}: {r}" for n, r in problems))
+        self.problems = problems
+
+
+def _problems_from(exc: ValidationError) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _FieldProblems):
+            for name, reason in ctx_error.problems:
+                dotted = ".".join([*loc, *name.split(".")]) if loc else name
+                problems[dotted] = reason
+            continue
+        # list members (target_modules.0) and literal choices read better collapsed to the field
+        while loc and loc[-1].isdigit():
+            loc.pop()
+        dotted = ".".join(loc) or "config"
+        problems.setdefault(dotted, _reason(err))
+    return problems
+
+
+def _reason(err: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "is not a known setting (check the spelling)"
+    if kind == "literal_error":
+        return f"must be one of {err['ctx']['expected']}, not {err['input']!r}"
+    if kind == "missing":
+        return "is required"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+# -- TOML writing ---------------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        text = repr(value)
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, str):
+        escaped = (
+            value.replace("\\", "\\\\")
+            .replace('"', '\\"')
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+            .replace("\t", "\\t")
+        )
+        escaped = "".join(ch if ch.isprintable() or ch in "\\" else f"\\u{ord(ch):04x}" for ch in escaped)
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    if key and all(ch.isalnum() or ch in "-_" for ch in key):
+        return key
+    return _toml_value(key)
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """A small TOML writer for our two-level config (top-level scalars, then one table per section).
+
+    ``None`` values are omitted: TOML has no null, and every nullable field defaults to ``None``.
+    """
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif value is not None:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for name, table in tables:
+        lines.append("")
+        lines.append(f"[{_toml_key(name)}]")
+        for key, value in table.items():
+            if value is not None:
+                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then ``os.replace`` into place."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def field_docs() -> dict[str, str]:
+    """Dotted field name → its description: the text of tooltips and ``--help``."""
+    docs: dict[str, str] = {}
+    for section_name, section_field in RunConfig.model_fields.items():
+        section_type = section_field.annotation
+        if isinstance(section_type, type) and issubclass(section_type, BaseModel):
+            for name, info in section_type.model_fields.items():
+                docs[f"{section_name}.{name}"] = info.description or ""
+    return docs

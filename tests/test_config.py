@@ -1,0 +1,109 @@
+import tomllib
+
+import pytest
+
+from lora_studio.core.config import RunConfig, dumps_toml, field_docs
+from lora_studio.core.errors import ConfigError
+
+
+def test_defaults_round_trip_through_toml_exactly(tmp_path):
+    config = RunConfig()
+    path = tmp_path / "run.toml"
+    config.save(path)
+    assert RunConfig.load(path) == config
+    assert path.read_text() == config.to_toml()
+
+
+def test_non_default_values_round_trip(tmp_path):
+    config = RunConfig.from_dict(
+        {
+            "model": {"source": "/models/x", "quantization": "nf4", "double_quant": True},
+            "lora": {"r": 8, "alpha": 16.5, "target_modules": ["q_proj", "v_proj"], "use_dora": True},
+            "data": {
+                "path": 'a "quoted"\\path\n.jsonl',
+                "columns": {"instruction": "question"},
+                "system_prompt": "Be brief.\tOK",
+                "eval_fraction": 0.1,
+            },
+            "training": {"max_steps": 30, "learning_rate": 1.5e-5, "sample_prompts": ["ünïcode ✓"]},
+            "output": {"run_name": "demo"},
+        }
+    )
+    path = tmp_path / "run.toml"
+    config.save(path)
+    loaded = RunConfig.load(path)
+    assert loaded == config
+    assert tomllib.loads(config.to_toml())["lora"]["target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_every_bad_field_is_listed_by_dotted_name():
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict(
+            {
+                "model": {"quantization": "q3"},
+                "lora": {"r": 0},
+                "training": {"learning_rate": -1, "batch_size": 0},
+                "colour": "blue",
+            }
+        )
+    problems = info.value.problems
+    assert set(problems) == {
+        "model.quantization",
+        "lora.r",
+        "training.learning_rate",
+        "training.batch_size",
+        "colour",
+    }
+    assert "nf4" in problems["model.quantization"]
+    assert "not a known setting" in problems["colour"]
+    message = str(info.value)
+    for name in problems:
+        assert name in message
+
+
+def test_unknown_key_inside_a_section_is_refused():
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"training": {"learning_rte": 1e-4}})
+    assert "training.learning_rte" in info.value.problems
+
+
+def test_sequence_length_over_the_model_context_is_refused():
+    config = RunConfig.from_dict({"data": {"max_seq_len": 4096}})
+    config.check_against_model(8192)
+    with pytest.raises(ConfigError) as info:
+        config.check_against_model(2048)
+    assert "data.max_seq_len" in info.value.problems
+
+
+def test_double_quant_without_4bit_is_refused():
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"model": {"quantization": "int8", "double_quant": True}})
+    assert "model.double_quant" in info.value.problems
+
+
+def test_broken_toml_names_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[training\nlr = 1")
+    with pytest.raises(ConfigError) as info:
+        RunConfig.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_overrides_use_dotted_names_and_validate():
+    config = RunConfig().with_overrides({"training.learning_rate": 1e-4, "lora.r": 4})
+    assert config.training.learning_rate == 1e-4 and config.lora.r == 4
+    with pytest.raises(ConfigError):
+        RunConfig().with_overrides({"lora.r": -1})
+    with pytest.raises(ConfigError):
+        RunConfig().with_overrides({"nothing.here": 1})
+
+
+def test_every_field_is_documented_for_tooltips():
+    docs = field_docs()
+    assert "training.learning_rate" in docs
+    assert all(text.strip() for text in docs.values()), [k for k, v in docs.items() if not v.strip()]
+
+
+def test_toml_writer_escapes_control_characters():
+    text = dumps_toml({"s": {"v": "a\x01b"}})
+    assert tomllib.loads(text)["s"]["v"] == "a\x01b"

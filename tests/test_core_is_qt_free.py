@@ -1,0 +1,27 @@
+import subprocess
+import sys
+import textwrap
+
+
+def test_core_imports_without_pyside6_and_without_torch():
+    """The core must import with Qt blocked, and importing it must not pull in torch (start-up)."""
+    code = textwrap.dedent(
+        """
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("PySide6", "pyqtgraph", "shiboken6"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import pkgutil, importlib, lora_studio.core as core
+        for mod in pkgutil.iter_modules(core.__path__):
+            importlib.import_module("lora_studio.core." + mod.name)
+        import lora_studio.cli
+        heavy = [m for m in ("torch", "transformers", "peft", "bitsandbytes", "datasets") if m in sys.modules]
+        assert not heavy, heavy
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
