@@ -252,7 +252,8 @@ class TrainingSection(_Section):
     seed: int = Field(42, description="Random seed for initialisation, shuffling and the eval split.")
     logging_steps: int = Field(1, description="Report loss, learning rate and memory every N steps.")
     eval_steps: int | None = Field(
-        None, description="Evaluate every N steps (default: at each logging of the last step only)."
+        None,
+        description="Evaluate on the eval split every N steps (default: at every checkpoint, and at the end).",
     )
     save_steps: int = Field(
         10, description="Write a resumable checkpoint every N steps. Each costs a little disk and time."

@@ -450,8 +450,7 @@ def load_model(
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     quant = quantization_config(quantization, torch_dtype, double_quant=double_quant)
-    if quant is not None:
-        import_bitsandbytes()
+    quiet_library_defaults()
     try:
         with quiet_libraries():
             model = AutoModelForCausalLM.from_pretrained(
@@ -475,9 +474,37 @@ def import_bitsandbytes() -> Any:
     with quiet_libraries():
         import bitsandbytes
 
-    # Emitted on every int8 matmul with fp32 inputs: true, harmless, and it floods a terminal.
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     return bitsandbytes
+
+
+_QUIETED = False
+
+
+def quiet_library_defaults() -> None:
+    """Once per process: no progress bars or deprecation chatter from the libraries on the user's screen.
+
+    Our own progress reporting replaces their tqdm bars, and FutureWarnings about the libraries'
+    internal renames are for library authors, not for someone fine-tuning a model.
+    """
+    global _QUIETED
+    if _QUIETED:
+        return
+    _QUIETED = True
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for module in ("transformers", "peft", "accelerate", "torch", "bitsandbytes", "datasets"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    with contextlib.suppress(ImportError):
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    import_bitsandbytes()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,439 @@
+"""The training engine: one recipe, read top to bottom, that the GUI, the CLI and the tests all run.
+
+``train(config, listener)`` resolves the model, prepares the data (so dataset errors arrive before
+any slow model load), creates the run folder, loads the model with the chosen quantization, wraps
+it with LoRA, records "before" samples, trains with ``transformers.Trainer`` and finishes with the
+adapter, "after" samples and a truthful ``status.json``. ``resume(run_dir, listener)`` continues a
+run from its last complete checkpoint. Everything the outside world learns arrives as events
+(``core/events.py``); cancellation is a ``threading.Event`` checked at step boundaries.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lora_studio.core import events as ev
+from lora_studio.core.config import RunConfig
+from lora_studio.core.errors import CancelledError, LoraStudioError, OutOfMemoryError, TrainingError
+from lora_studio.core.faults import parse_faults
+from lora_studio.core.runs import RunFolder, replace_dir
+
+log = logging.getLogger(__name__)
+
+OOM_HINT = (
+    "reduce memory: lower training.batch_size (raise grad_accum to keep the effective batch), lower "
+    "data.max_seq_len, use 4-bit quantization (model.quantization = 'nf4'), or turn on "
+    "training.gradient_checkpointing"
+)
+NAN_HINT = (
+    "lower training.learning_rate (e.g. divide it by 10), keep max_grad_norm at 1.0, and prefer "
+    "bf16 or fp32 over fp16 (model.compute_dtype)"
+)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str  # "completed" | "cancelled"
+    run_dir: Path
+    adapter_path: Path | None
+    step: int
+    final_loss: float | None
+    final_eval_loss: float | None
+
+
+def train(
+    config: RunConfig,
+    listener: ev.Listener | None = None,
+    *,
+    cancel: threading.Event | None = None,
+    pause: threading.Event | None = None,
+    runs_root: Path | None = None,
+    faults: str | None = None,
+    shared_model: dict[str, Any] | None = None,
+) -> RunResult:
+    """Train a new run. Raises the project's own errors; the run folder (if any) records them too.
+
+    ``pause``, while set, holds training at the next step boundary (the model is then free for
+    chat through ``shared_model["lock"]``); clearing it continues with no step lost.
+    """
+    return TrainingRun(
+        config,
+        listener,
+        cancel=cancel,
+        pause=pause,
+        runs_root=runs_root,
+        faults=faults,
+        shared_model=shared_model,
+    ).run()
+
+
+def resume(
+    run_dir: str | Path,
+    listener: ev.Listener | None = None,
+    *,
+    cancel: threading.Event | None = None,
+    pause: threading.Event | None = None,
+    faults: str | None = None,
+    shared_model: dict[str, Any] | None = None,
+) -> RunResult:
+    """Continue a cancelled, failed or interrupted run from its last complete checkpoint."""
+    folder = RunFolder.open(run_dir)
+    state = folder.status().get("state")
+    if state == "running":
+        raise TrainingError(f"{folder.path}: this run is still running in another process")
+    if state == "completed":
+        raise TrainingError(f"{folder.path}: this run already completed; start a new run to train more")
+    if folder.latest_checkpoint() is None:
+        raise TrainingError(
+            f"{folder.path}: no complete checkpoint to resume from",
+            hint="start the run again; checkpoints are written every training.save_steps",
+        )
+    return TrainingRun(
+        folder.config(),
+        listener,
+        cancel=cancel,
+        pause=pause,
+        faults=faults,
+        resume_folder=folder,
+        shared_model=shared_model,
+    ).run()
+
+
+class TrainingRun:
+    """One run: setup → samples → train → finish. State lives here, not in module globals."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        listener: ev.Listener | None,
+        *,
+        cancel: threading.Event | None = None,
+        pause: threading.Event | None = None,
+        runs_root: Path | None = None,
+        faults: str | None = None,
+        resume_folder: RunFolder | None = None,
+        shared_model: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self._listener = listener
+        self.cancel = cancel or threading.Event()
+        self.pause = pause or threading.Event()
+        self.runs_root = runs_root
+        self.faults = parse_faults(faults)
+        self.folder: RunFolder | None = resume_folder
+        self.resuming = resume_folder is not None
+        self.shared_model = shared_model if shared_model is not None else {}
+        self.step = 0
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.lock = threading.Lock()  # held while the model trains a step; chat takes it to generate
+
+    # -- the recipe -------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        started = time.monotonic()
+        try:
+            self._setup_data()
+            self._setup_folder()
+            self._setup_model()
+            if not self.resuming:
+                self._record_samples("before")
+            from lora_studio.core.trainer import fit
+
+            outcome = fit(self)
+            return self._finish(outcome, started)
+        except CancelledError:
+            if self.folder is None:
+                raise
+            self._save_adapter()
+            return self._finish_cancelled(started)
+        except LoraStudioError as exc:
+            self._fail(exc)
+            raise
+        except Exception as exc:
+            error = self._translate(exc)
+            self._fail(error)
+            raise error from exc
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _setup_data(self) -> None:
+        from lora_studio.core.data import prepare_dataset
+        from lora_studio.core.models import load_tokenizer, model_info, quiet_library_defaults, resolve_model
+
+        quiet_library_defaults()
+        cfg = self.config
+        self.emit(ev.Phase("resolving model", cfg.model.source))
+        self.resolved = resolve_model(cfg.model.source, allow_pickle=cfg.model.allow_pickle)
+        self.info = model_info(
+            str(self.resolved.path),
+            trust_remote_code=cfg.model.trust_remote_code,
+            allow_pickle=cfg.model.allow_pickle,
+        )
+        cfg.check_against_model(self.info.context_length)
+        self.check_cancel()
+        self.emit(ev.Phase("preparing data", cfg.data.path))
+        self.tokenizer = load_tokenizer(self.resolved.path, trust_remote_code=cfg.model.trust_remote_code)
+        if self.faults.get("data_error"):
+            raise TrainingError("injected fault: data preparation failed")
+        self.data = prepare_dataset(cfg.data, self.tokenizer, seed=cfg.training.seed, cancel=self.cancel)
+        self.check_cancel()
+
+    def _setup_folder(self) -> None:
+        if self.folder is None:
+            self.folder = RunFolder.create(self.config, self.runs_root)
+        else:
+            self.folder.write_status("running", error=None)
+
+    def _setup_model(self) -> None:
+        from lora_studio.core.models import load_model, pick_device, pick_dtype
+
+        cfg = self.config
+        self.device = pick_device("auto")
+        self.dtype = pick_dtype(cfg.model.compute_dtype, self.device)
+        self.emit(ev.Phase("loading model", f"{self.info.name} ({cfg.model.quantization})"))
+        if self.faults.get("load_error"):
+            raise TrainingError("injected fault: model loading failed")
+        model, _ = load_model(
+            str(self.resolved.path),
+            cfg.model.quantization,
+            cfg.model.compute_dtype,
+            self.device,
+            double_quant=cfg.model.double_quant,
+            trust_remote_code=cfg.model.trust_remote_code,
+            allow_pickle=cfg.model.allow_pickle,
+        )
+        self.check_cancel()
+        self.model = wrap_with_lora(model, cfg)
+        self.model.config.use_cache = False  # a KV cache breaks padding-free packing (DESIGN.md §2)
+        self.shared_model.update(model=self.model, tokenizer=self.tokenizer, lock=self.lock)
+
+    # -- samples ----------------------------------------------------------------------------
+
+    def _record_samples(self, stage: str) -> None:
+        prompts = self.config.training.sample_prompts
+        if not prompts:
+            return
+        self.emit(ev.Phase("sampling", f"answering {len(prompts)} prompts ({stage} training)"))
+        answers = generate_samples(self.model, self.tokenizer, prompts, self.config)
+        assert self.folder is not None
+        for prompt, answer in answers:
+            self.folder.append_sample(
+                {"step": self.step, "stage": stage, "prompt": prompt, "answer": answer, "t": time.time()}
+            )
+        self.emit(ev.Samples(step=self.step, stage=stage, samples=tuple(answers)))
+
+    # -- finishing --------------------------------------------------------------------------
+
+    def _save_adapter(self) -> Path | None:
+        if self.model is None or self.folder is None:
+            return None
+        self.emit(ev.Phase("saving adapter", str(self.folder.adapter_dir)))
+        staging = self.folder.path / ".adapter.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.model.save_pretrained(staging)
+        self.tokenizer.save_pretrained(staging)
+        replace_dir(staging, self.folder.adapter_dir)
+        return self.folder.adapter_dir
+
+    def _finish(self, outcome: dict[str, Any], started: float) -> RunResult:
+        assert self.folder is not None
+        if outcome["cancelled"]:
+            self._save_adapter()
+            return self._finish_cancelled(started)
+        adapter = self._save_adapter()
+        self._record_samples("after")
+        metrics = self.folder.metrics()
+        final_loss = next((m["loss"] for m in reversed(metrics) if m.get("loss") is not None), None)
+        final_eval = next((m["eval_loss"] for m in reversed(metrics) if m.get("eval_loss") is not None), None)
+        self.folder.write_status(
+            "completed",
+            step=self.step,
+            final_loss=final_loss,
+            final_eval_loss=final_eval,
+            finished_at=time.time(),
+        )
+        self.emit(
+            ev.Finished(
+                "completed",
+                self.step,
+                str(self.folder.path),
+                str(adapter),
+                final_loss,
+                final_eval,
+                time.monotonic() - started,
+            )
+        )
+        return RunResult("completed", self.folder.path, adapter, self.step, final_loss, final_eval)
+
+    def _finish_cancelled(self, started: float) -> RunResult:
+        assert self.folder is not None
+        adapter = self.folder.adapter_dir if self.folder.adapter_dir.is_dir() else None
+        self.folder.write_status("cancelled", step=self.step, finished_at=time.time())
+        self.emit(
+            ev.Finished(
+                "cancelled",
+                self.step,
+                str(self.folder.path),
+                str(adapter) if adapter else None,
+                None,
+                None,
+                time.monotonic() - started,
+            )
+        )
+        return RunResult("cancelled", self.folder.path, adapter, self.step, None, None)
+
+    def _fail(self, error: LoraStudioError) -> None:
+        if self.folder is not None:
+            self.folder.write_status(
+                "failed",
+                step=self.step,
+                error=str(error),
+                error_type=type(error).__name__,
+                finished_at=time.time(),
+            )
+        self.emit(
+            ev.Failed(
+                type(error).__name__,
+                error.message,
+                error.hint,
+                self.step,
+                str(self.folder.path) if self.folder else None,
+            )
+        )
+
+    def _translate(self, exc: Exception) -> LoraStudioError:
+        """Turn library failures into messages a user can act on."""
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+            where = "GPU" if isinstance(exc, torch.OutOfMemoryError) else "system"
+            return OutOfMemoryError(f"Out of {where} memory at step {self.step}", hint=OOM_HINT)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            target = self.folder.path if self.folder else "the runs folder"
+            return TrainingError(
+                f"Disk full while writing to {target} at step {self.step}",
+                hint="free disk space (or lower training.save_total_limit) and resume the run",
+            )
+        return TrainingError(f"Training failed at step {self.step}: {type(exc).__name__}: {exc}")
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def emit(self, event: ev.Event) -> None:
+        if self._listener is None:
+            return
+        try:
+            self._listener(event)
+        except Exception:  # a broken listener must not lose the user's run
+            log.exception("event listener failed on %s", event.kind)
+
+    def wait_while_paused(self) -> None:
+        """Hold at a step boundary while paused; the model is idle and free for chat meanwhile."""
+        if not self.pause.is_set() or self.cancel.is_set():
+            return
+        self.emit(ev.Paused(step=self.step, paused=True))
+        while self.pause.is_set() and not self.cancel.is_set():
+            time.sleep(0.05)
+        self.emit(ev.Paused(step=self.step, paused=False))
+
+    def check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise CancelledError("Cancelled by the user")
+
+
+def wrap_with_lora(model: Any, config: RunConfig) -> Any:
+    """peft wrapping exactly as the estimator assumes: k-bit preparation, then LoRA adapters."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    gc = config.training.gradient_checkpointing
+    if config.model.quantization != "none":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    elif gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = config.lora
+    init: Any = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[lora.init]
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
+        init_lora_weights=init,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as exc:
+        if "not found in the base model" in str(exc) or "Target modules" in str(exc):
+            names = sorted(linear_module_names(model))
+            raise TrainingError(
+                f"lora.target_modules: {lora.target_modules} does not match this model's layers",
+                hint=f"choose from {', '.join(names)} or use 'all-linear'",
+            ) from None
+        raise
+
+
+def linear_module_names(model: Any) -> set[str]:
+    """The short names of the model's linear layers (what ``lora.target_modules`` may list)."""
+    import torch
+
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+            short = name.rsplit(".", 1)[-1]
+            if short != "lm_head":
+                names.add(short)
+    return names
+
+
+def generate_samples(
+    model: Any, tokenizer: Any, prompts: list[str], config: RunConfig
+) -> list[tuple[str, str]]:
+    """Greedy answers, rendered with the chat template exactly as training data is."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    answers = []
+    try:
+        for prompt in prompts:
+            messages = []
+            if config.data.system_prompt:
+                messages.append({"role": "system", "content": config.data.system_prompt})
+            messages.append({"role": "user", "content": prompt})
+            if tokenizer.chat_template:
+                inputs = tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+                )
+            else:
+                inputs = tokenizer(f"User: {prompt}\nAssistant:", return_tensors="pt")
+            inputs = {k: v.to(model.device) for k, v in inputs.items()}
+            with torch.no_grad():
+                out = model.generate(
+                    **inputs,
+                    max_new_tokens=config.training.sample_max_new_tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            answer = tokenizer.decode(out[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            answers.append((prompt, answer.strip()))
+    finally:
+        model.train(was_training)
+    return answers
+
+
+def is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

@@ -1,0 +1,278 @@
+"""The run folder: the one record of a run that the GUI, the CLI and later sessions all read.
+
+Layout (DESIGN.md §4)::
+
+    <runs dir>/<YYYYmmdd-HHMMSS-name>/
+      config.toml  status.json  metrics.jsonl  samples.jsonl  checkpoints/checkpoint-N/  adapter/
+
+``status.json`` is replaced atomically and carries the writer's PID, host and process start time,
+so a reader can tell a live run from one whose process died (shown as ``interrupted``).
+``metrics.jsonl`` is appended one whole line at a time and flushed; a torn last line (the process
+was killed mid-write) is ignored by readers and removed on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from lora_studio.core.config import RunConfig, atomic_write_text
+from lora_studio.core.errors import LoraStudioError
+from lora_studio.core.paths import runs_dir as default_runs_dir
+
+STATES = ("running", "completed", "cancelled", "failed", "interrupted")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class RunFolderError(LoraStudioError):
+    """A run folder is missing or unreadable."""
+
+
+@dataclass
+class RunFolder:
+    path: Path
+
+    # -- creation and opening ---------------------------------------------------------------
+
+    @classmethod
+    def create(cls, config: RunConfig, runs_root: Path | None = None) -> RunFolder:
+        root = Path(runs_root or config.output.runs_dir or default_runs_dir()).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = f"{stamp}-{config.output.run_name}"
+        for suffix in range(1000):
+            candidate = root / (base if suffix == 0 else f"{base}-{suffix}")
+            try:
+                candidate.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - a thousand runs in one second
+            raise RunFolderError(f"{root}: cannot create a new run folder")
+        run = cls(candidate)
+        config.save(run.config_path)
+        run.write_status("running", step=0)
+        return run
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> RunFolder:
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise RunFolderError(f"{folder}: no such run folder", hint="list runs with `lora-studio runs`")
+        if not (folder / "config.toml").is_file():
+            raise RunFolderError(f"{folder}: not a run folder (no config.toml)")
+        return cls(folder)
+
+    # -- paths ------------------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def status_path(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def samples_path(self) -> Path:
+        return self.path / "samples.jsonl"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    def config(self) -> RunConfig:
+        return RunConfig.load(self.config_path)
+
+    # -- status -----------------------------------------------------------------------------
+
+    def write_status(self, state: str, **fields: Any) -> dict[str, Any]:
+        """Replace status.json atomically; keeps earlier fields (e.g. ``started_at``) not given."""
+        assert state in STATES, state
+        previous = self._read_status_raw() or {}
+        now = time.time()
+        status = {**previous, **fields, "state": state, "updated_at": now}
+        status.setdefault("started_at", now)
+        if state == "running":
+            status.update(_process_identity())
+        atomic_write_text(self.status_path, json.dumps(status, indent=2))
+        return status
+
+    def _read_status_raw(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.status_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def status(self) -> dict[str, Any]:
+        """The run's state, with a dead writer's ``running`` corrected to ``interrupted``."""
+        status = self._read_status_raw()
+        if status is None:
+            return {"state": "interrupted", "error": "status.json is missing or unreadable", "step": 0}
+        if status.get("state") == "running" and not _writer_alive(status):
+            status = {
+                **status,
+                "state": "interrupted",
+                "error": status.get("error") or "the training process stopped without finishing",
+            }
+        return status
+
+    # -- metrics and samples ----------------------------------------------------------------
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        _append_line(self.metrics_path, record)
+
+    def append_sample(self, record: dict[str, Any]) -> None:
+        _append_line(self.samples_path, record)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_path)
+
+    def samples(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.samples_path)
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """On resume: keep only records up to the checkpoint's step (and drop a torn last line)."""
+        if not self.metrics_path.exists():
+            return
+        kept = [r for r in self.metrics() if int(r.get("step", 0)) <= last_step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints, oldest first (a checkpoint is complete once it has been renamed in)."""
+        found = []
+        if self.checkpoints_dir.is_dir():
+            for child in self.checkpoints_dir.iterdir():
+                match = _CHECKPOINT.match(child.name)
+                if match and child.is_dir() and (child / "trainer_state.json").is_file():
+                    found.append((int(match.group(1)), child))
+        return sorted(found)
+
+    def latest_checkpoint(self) -> tuple[int, Path] | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def summary(self) -> dict[str, Any]:
+        """One row of the runs table."""
+        status = self.status()
+        metrics = self.metrics()
+        losses = [m for m in metrics if m.get("loss") is not None]
+        evals = [m for m in metrics if m.get("eval_loss") is not None]
+        try:
+            config = self.config()
+            model, quant, data = config.model.source, config.model.quantization, config.data.path
+        except LoraStudioError:
+            model = quant = data = "?"
+        return {
+            "run_id": self.run_id,
+            "path": str(self.path),
+            "state": status.get("state"),
+            "step": status.get("step", 0),
+            "total_steps": status.get("total_steps"),
+            "model": model,
+            "quantization": quant,
+            "data": data,
+            "final_loss": losses[-1]["loss"] if losses else None,
+            "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+            "started_at": status.get("started_at"),
+            "updated_at": status.get("updated_at"),
+            "error": status.get("error"),
+        }
+
+
+def list_runs(runs_root: Path | None = None) -> list[RunFolder]:
+    root = Path(runs_root or default_runs_dir())
+    if not root.is_dir():
+        return []
+    return sorted(
+        (RunFolder(p) for p in root.iterdir() if p.is_dir() and (p / "config.toml").is_file()),
+        key=lambda r: r.path.name,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Whole lines only: a torn final line from a killed writer is skipped, never a crash."""
+    records: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if not line.endswith("\n"):
+                    break
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(value, dict):
+                    records.append(value)
+    except FileNotFoundError:
+        pass
+    return records
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    line = json.dumps(record, allow_nan=False) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Move a fully written folder into place, replacing an older one of the same name."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _process_identity() -> dict[str, Any]:
+    import psutil
+
+    pid = os.getpid()
+    return {"pid": pid, "host": socket.gethostname(), "pid_started": psutil.Process(pid).create_time()}
+
+
+def _writer_alive(status: dict[str, Any]) -> bool:
+    pid, host = status.get("pid"), status.get("host")
+    if pid is None or host != socket.gethostname():
+        # Another machine (e.g. a shared drive): trust a recent heartbeat.
+        return time.time() - float(status.get("updated_at", 0)) < 15 * 60
+    import psutil
+
+    try:
+        proc = psutil.Process(int(pid))
+        started = status.get("pid_started")
+        return started is None or abs(proc.create_time() - float(started)) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
