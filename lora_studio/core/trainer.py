@@ -231,6 +231,9 @@ class _EngineCallback(TrainerCallback):
         run = self.run
         assert run.folder is not None
         logs = logs or {}
+        if run.cancel.is_set():  # stop right after this step's log, before the next step starts
+            control.should_training_stop = True
+            control.should_save = True
         now = time.time()
         if "eval_loss" in logs:
             self.last_eval_step = state.global_step
@@ -286,6 +289,9 @@ class _EngineCallback(TrainerCallback):
                 mem=mem,
             )
         )
+        if run.cancel.is_set():  # stop right after this step's log, before the next step starts
+            control.should_training_stop = True
+            control.should_save = True
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         run = self.run
