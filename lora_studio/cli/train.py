@@ -199,6 +199,11 @@ class HumanPrinter:
                 f"  {event.model.get('name')} on {event.device} ({event.dtype}), "
                 f"{event.trainable_params:,} trainable of {event.total_params:,} parameters ({pct:.2f}%)"
             )
+            if event.world_size > 1:
+                self.out(
+                    f"  {event.world_size} processes, global batch {event.global_batch} "
+                    "(per-device batch x accumulation x processes)"
+                )
             self.out(
                 f"  {event.dataset.get('examples', '?')} training examples, {event.total_steps} steps"
                 + (f", resuming from step {event.resumed_from_step}" if event.resumed_from_step else "")

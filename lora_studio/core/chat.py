@@ -19,7 +19,7 @@ from typing import Any
 from lora_studio.core.errors import LoraStudioError, OutOfMemoryError
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
-FALLBACK_HINT = "the tokenizer has no chat template; a plain 'User:/Assistant:' layout is used"
+FALLBACK_HINT = "the tokenizer has no chat template; the simple fallback template used in training is used"
 
 
 class ChatError(LoraStudioError):
@@ -221,14 +221,13 @@ class ChatModel:
         return ids, dropped
 
     def _ids(self, messages: list[dict[str, str]]) -> list[int]:
-        tok = self.tokenizer
-        if tok.chat_template:
-            out = tok.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-            return list(out)
-        text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
-        return tok(text)["input_ids"]
+        from lora_studio.core.data import chat_template_for
+
+        template, _ = chat_template_for(self.tokenizer)  # the fallback matches what training used
+        out = self.tokenizer.apply_chat_template(
+            messages, chat_template=template, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return list(out)
 
     # -- generation -------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from lora_studio.core import events as ev
 from lora_studio.core.config import RunConfig
+from lora_studio.core.distributed import World
 from lora_studio.core.errors import CancelledError, LoraStudioError, OutOfMemoryError, TrainingError
 from lora_studio.core.faults import parse_faults
 from lora_studio.core.runs import RunFolder, replace_dir
@@ -132,6 +133,7 @@ class TrainingRun:
         self.resuming = resume_folder is not None
         self.shared_model = shared_model if shared_model is not None else {}
         self.step = 0
+        self.world = World(0, 1, 0)
         self.model: Any = None
         self.tokenizer: Any = None
         self.lock = threading.Lock()  # held while the model trains a step; chat takes it to generate
@@ -141,6 +143,11 @@ class TrainingRun:
     def run(self) -> RunResult:
         started = time.monotonic()
         try:
+            from lora_studio.core import distributed
+            from lora_studio.core.models import pick_device
+
+            self.device = pick_device("auto")
+            self.world = distributed.init(self.device)
             self._setup_data()
             self._setup_folder()
             self._setup_model()
@@ -174,7 +181,7 @@ class TrainingRun:
         self.emit(ev.Phase("resolving model", cfg.model.source))
         self.resolved = resolve_model(cfg.model.source, allow_pickle=cfg.model.allow_pickle)
         self.info = model_info(
-            str(self.resolved.path),
+            cfg.model.source,
             trust_remote_code=cfg.model.trust_remote_code,
             allow_pickle=cfg.model.allow_pickle,
         )
@@ -188,16 +195,21 @@ class TrainingRun:
         self.check_cancel()
 
     def _setup_folder(self) -> None:
+        from lora_studio.core import distributed
+
         if self.folder is None:
-            self.folder = RunFolder.create(self.config, self.runs_root)
+            # only rank 0 creates and writes the run folder; the other ranks learn its path
+            created = RunFolder.create(self.config, self.runs_root) if self.world.is_main else None
+            path = distributed.broadcast(str(created.path) if created else None)
+            self.folder = created or RunFolder(Path(path), writer=False)
         else:
+            self.folder.writer = self.world.is_main
             self.folder.write_status("running", error=None)
 
     def _setup_model(self) -> None:
-        from lora_studio.core.models import load_model, pick_device, pick_dtype
+        from lora_studio.core.models import load_model, pick_dtype
 
         cfg = self.config
-        self.device = pick_device("auto")
         self.dtype = pick_dtype(cfg.model.compute_dtype, self.device)
         self.emit(ev.Phase("loading model", f"{self.info.name} ({cfg.model.quantization})"))
         if self.faults.get("load_error"):
@@ -220,7 +232,7 @@ class TrainingRun:
 
     def _record_samples(self, stage: str) -> None:
         prompts = self.config.training.sample_prompts
-        if not prompts:
+        if not prompts or not self.world.is_main:
             return
         self.emit(ev.Phase("sampling", f"answering {len(prompts)} prompts ({stage} training)"))
         answers = generate_samples(self.model, self.tokenizer, prompts, self.config)
@@ -236,6 +248,8 @@ class TrainingRun:
     def _save_adapter(self) -> Path | None:
         if self.model is None or self.folder is None:
             return None
+        if not self.world.is_main:
+            return self.folder.adapter_dir
         self.emit(ev.Phase("saving adapter", str(self.folder.adapter_dir)))
         staging = self.folder.path / ".adapter.staging"
         shutil.rmtree(staging, ignore_errors=True)
@@ -328,7 +342,7 @@ class TrainingRun:
     # -- plumbing ---------------------------------------------------------------------------
 
     def emit(self, event: ev.Event) -> None:
-        if self._listener is None:
+        if self._listener is None or not self.world.is_main:
             return
         try:
             self._listener(event)
@@ -401,9 +415,12 @@ def linear_module_names(model: Any) -> set[str]:
 def generate_samples(
     model: Any, tokenizer: Any, prompts: list[str], config: RunConfig
 ) -> list[tuple[str, str]]:
-    """Greedy answers, rendered with the chat template exactly as training data is."""
+    """Greedy answers, rendered with the same template (or fallback template) as the training data."""
     import torch
 
+    from lora_studio.core.data import chat_template_for
+
+    template, _ = chat_template_for(tokenizer)
     was_training = model.training
     model.eval()
     answers = []
@@ -413,12 +430,13 @@ def generate_samples(
             if config.data.system_prompt:
                 messages.append({"role": "system", "content": config.data.system_prompt})
             messages.append({"role": "user", "content": prompt})
-            if tokenizer.chat_template:
-                inputs = tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-                )
-            else:
-                inputs = tokenizer(f"User: {prompt}\nAssistant:", return_tensors="pt")
+            inputs = tokenizer.apply_chat_template(
+                messages,
+                chat_template=template,
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
+            )
             inputs = {k: v.to(model.device) for k, v in inputs.items()}
             with torch.no_grad():
                 out = model.generate(

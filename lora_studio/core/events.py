@@ -49,6 +49,8 @@ class RunStarted(Event):
     device: str
     dtype: str
     resumed_from_step: int = 0
+    world_size: int = 1
+    global_batch: int = 0  # per-device batch x accumulation x processes
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -457,7 +459,8 @@ def load_model(
                 resolved.path,
                 dtype=torch_dtype,
                 quantization_config=quant,
-                device_map={"": 0 if device == "cuda" else device},
+                # under torchrun / accelerate each process loads onto its own GPU
+                device_map={"": int(os.environ.get("LOCAL_RANK", 0)) if device == "cuda" else device},
                 trust_remote_code=trust_remote_code,
                 use_safetensors=not allow_pickle,
             )
@@ -507,15 +510,21 @@ def quiet_library_defaults() -> None:
     import_bitsandbytes()
 
 
+_QUIET_LOCK = threading.Lock()
+_quiet_users = 0
+_quiet_saved: tuple[Any, Any, list[tuple[logging.Logger, int]]] | None = None
+
+
 @contextlib.contextmanager
 def quiet_libraries() -> Any:
-    """Keep library chatter (progress bars, kernel warnings) out of the user's face."""
-    loggers = [
-        logging.getLogger(n) for n in ("bitsandbytes", "transformers", "accelerate", "huggingface_hub")
-    ]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+    """Keep library chatter (progress bars, kernel warnings) out of the user's face.
+
+    ``sys.stdout``/``sys.stderr`` and logger levels are process-wide, so with several threads
+    (the GUI runs model reads, previews and training at once) the first user redirects them and the
+    last one restores them. Nested ``redirect_stdout`` blocks in two threads would otherwise restore
+    in the wrong order and leave the streams swallowed for the rest of the process.
+    """
+    global _quiet_users, _quiet_saved
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         from transformers.utils import logging as hf_logging
@@ -523,10 +532,25 @@ def quiet_libraries() -> Any:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
-    sink = io.StringIO()
+    with _QUIET_LOCK:
+        if _quiet_users == 0:
+            loggers = [
+                logging.getLogger(n)
+                for n in ("bitsandbytes", "transformers", "accelerate", "huggingface_hub")
+            ]
+            _quiet_saved = (sys.stdout, sys.stderr, [(lg, lg.level) for lg in loggers])
+            for lg in loggers:
+                lg.setLevel(logging.ERROR)
+            sink = io.StringIO()
+            sys.stdout = sys.stderr = sink
+        _quiet_users += 1
     try:
-        with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
-            yield
+        yield
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+        with _QUIET_LOCK:
+            _quiet_users -= 1
+            if _quiet_users == 0 and _quiet_saved is not None:
+                sys.stdout, sys.stderr, levels = _quiet_saved
+                for lg, level in levels:
+                    lg.setLevel(level)
+                _quiet_saved = None

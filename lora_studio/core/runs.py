@@ -39,6 +39,8 @@ class RunFolderError(LoraStudioError):
 @dataclass
 class RunFolder:
     path: Path
+    #: False on the non-main ranks of a multi-process run: they read the folder but never write it.
+    writer: bool = True
 
     # -- creation and opening ---------------------------------------------------------------
 
@@ -109,6 +111,8 @@ class RunFolder:
     def write_status(self, state: str, **fields: Any) -> dict[str, Any]:
         """Replace status.json atomically; keeps earlier fields (e.g. ``started_at``) not given."""
         assert state in STATES, state
+        if not self.writer:
+            return {}
         previous = self._read_status_raw() or {}
         now = time.time()
         status = {**previous, **fields, "state": state, "updated_at": now}
@@ -140,10 +144,12 @@ class RunFolder:
     # -- metrics and samples ----------------------------------------------------------------
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        _append_line(self.metrics_path, record)
+        if self.writer:
+            _append_line(self.metrics_path, record)
 
     def append_sample(self, record: dict[str, Any]) -> None:
-        _append_line(self.samples_path, record)
+        if self.writer:
+            _append_line(self.samples_path, record)
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path)
@@ -153,7 +159,7 @@ class RunFolder:
 
     def truncate_metrics(self, last_step: int) -> None:
         """On resume: keep only records up to the checkpoint's step (and drop a torn last line)."""
-        if not self.metrics_path.exists():
+        if not self.writer or not self.metrics_path.exists():
             return
         kept = [r for r in self.metrics() if int(r.get("step", 0)) <= last_step]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -22,6 +22,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from lora_studio.core import events as ev
 from lora_studio.core.data import make_collator
+from lora_studio.core.distributed import any_rank, sum_ranks
 from lora_studio.core.errors import TrainingError
 from lora_studio.core.faults import due
 from lora_studio.core.monitor import MemorySampler
@@ -68,7 +69,9 @@ def fit(run: TrainingRun) -> dict[str, Any]:
             f"The loss became {callback.nan_value} at step {callback.nan_step}; training stopped",
             hint=NAN_HINT,
         )
-    cancelled = run.cancel.is_set()
+    cancelled = any_rank(run.cancel.is_set())
+    if cancelled:
+        run.cancel.set()  # the other ranks stopped because rank 0 did: they end the same way
     if run.data.eval is not None and not cancelled and callback.last_eval_step != run.step:
         trainer.evaluate()
     return {"cancelled": cancelled}
@@ -110,6 +113,7 @@ def training_arguments(run: TrainingRun) -> TrainingArguments:
         length_column_name="length",
         dataloader_num_workers=0,
         use_cpu=not on_cuda,
+        ddp_find_unused_parameters=False,  # every trainable (LoRA) parameter is used in each step
         bf16=on_cuda and run.dtype == torch.bfloat16,
         fp16=on_cuda and run.dtype == torch.float16,
     )
@@ -182,6 +186,7 @@ class _EngineCallback(TrainerCallback):
         self.run = run
         self.sampler = MemorySampler(run.device)
         self.tokens_seen = 0
+        self._tokens_before = 0  # tokens already summed over ranks
         self.resumed_from = 0
         self.nan_step: int | None = None
         self.nan_value = ""
@@ -195,7 +200,7 @@ class _EngineCallback(TrainerCallback):
         run = self.run
         assert run.folder is not None
         self._t0 = self._last_t = time.monotonic()
-        self._last_tokens = self.tokens_seen
+        self._last_tokens = self._tokens_before = self.tokens_seen
         model = run.model
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
@@ -213,6 +218,10 @@ class _EngineCallback(TrainerCallback):
                 device=run.device,
                 dtype=str(run.dtype).removeprefix("torch."),
                 resumed_from_step=self.resumed_from,
+                world_size=run.world.size,
+                global_batch=args.per_device_train_batch_size
+                * args.gradient_accumulation_steps
+                * run.world.size,
             )
         )
 
@@ -221,7 +230,7 @@ class _EngineCallback(TrainerCallback):
         while self.step_tokens:
             self.tokens_seen += self.step_tokens.popleft()
         self.run.wait_while_paused()
-        if self.run.cancel.is_set():
+        if any_rank(self.run.cancel.is_set()):  # rank 0's stop is every rank's stop
             control.should_training_stop = True
             control.should_save = True  # a cancelled run can be resumed from exactly here
 
@@ -231,9 +240,6 @@ class _EngineCallback(TrainerCallback):
         run = self.run
         assert run.folder is not None
         logs = logs or {}
-        if run.cancel.is_set():  # stop right after this step's log, before the next step starts
-            control.should_training_stop = True
-            control.should_save = True
         now = time.time()
         if "eval_loss" in logs:
             self.last_eval_step = state.global_step
@@ -250,6 +256,8 @@ class _EngineCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_save = False
             return
+        self.tokens_seen = self._tokens_before + sum_ranks(self.tokens_seen - self._tokens_before)
+        self._tokens_before = self.tokens_seen
         mono = time.monotonic()
         interval = max(mono - self._last_t, 1e-9)
         tokens_per_s = (self.tokens_seen - self._last_tokens) / interval
@@ -289,7 +297,7 @@ class _EngineCallback(TrainerCallback):
                 mem=mem,
             )
         )
-        if run.cancel.is_set():  # stop right after this step's log, before the next step starts
+        if run.cancel.is_set() and not run.world.distributed:  # stop before the next step starts
             control.should_training_stop = True
             control.should_save = True
 
