@@ -415,13 +415,23 @@ def quantization_config(quantization: str, dtype: torch.dtype, *, double_quant: 
     if quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     if quantization in ("nf4", "fp4"):
+        extra = {}
+        if under_fsdp():
+            # FSDP can only shard parameters of one float dtype: store the packed 4-bit weights in it
+            extra["bnb_4bit_quant_storage"] = dtype
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=quantization,
             bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=dtype,
+            **extra,
         )
     raise ModelSourceError(f"unknown quantization '{quantization}'", hint="use none, int8, nf4 or fp4")
+
+
+def under_fsdp() -> bool:
+    """``accelerate launch`` with an FSDP config sets this for every process."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
 
 
 def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
@@ -459,8 +469,11 @@ def load_model(
                 resolved.path,
                 dtype=torch_dtype,
                 quantization_config=quant,
-                # under torchrun / accelerate each process loads onto its own GPU
-                device_map={"": int(os.environ.get("LOCAL_RANK", 0)) if device == "cuda" else device},
+                # under torchrun / accelerate each process loads onto its own GPU; FSDP places
+                # (and shards) the weights itself, so it must get no device map
+                device_map=None
+                if under_fsdp()
+                else {"": int(os.environ.get("LOCAL_RANK", 0)) if device == "cuda" else device},
                 trust_remote_code=trust_remote_code,
                 use_safetensors=not allow_pickle,
             )
