@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from lora_studio import __version__
 from lora_studio.core.errors import CancelledError, ConfigError, LoraStudioError
 
-COMMANDS = ["info", "train", "chat", "inspect-data"]
+COMMANDS = ["info", "train", "chat", "inspect-data", "runs"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 def print_error(exc: LoraStudioError, *, json_mode: bool = False) -> None:

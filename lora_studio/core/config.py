@@ -361,6 +361,61 @@ class RunConfig(_Section):
             raise ConfigError({"file": f"is not valid TOML ({exc})"}, source=str(path)) from None
         return cls.from_dict(data, source=str(path))
 
+    @classmethod
+    def load_lenient(cls, path: str | os.PathLike[str]) -> tuple[RunConfig, list[str]]:
+        """Read a config written by another version of the app: never a crash, a note per oddity.
+
+        Unknown settings are dropped, missing ones take today's defaults, and invalid values fall
+        back to defaults — each reported, so an old run folder still opens and says what changed.
+        """
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            return cls(), [f"{path}: cannot be read ({exc}); showing default settings"]
+        notes: list[str] = []
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            notes.append(
+                f"written by another version of LoRA Studio (schema {version!r}, this app reads "
+                f"{SCHEMA_VERSION})"
+            )
+        clean: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+        for name, field_info in cls.model_fields.items():
+            if name == "schema_version":
+                continue
+            section_type = field_info.annotation
+            given = data.get(name)
+            if not isinstance(given, dict):
+                notes.append(f"[{name}] is missing; defaults used")
+                continue
+            known = section_type.model_fields  # type: ignore[union-attr]
+            for key in given:
+                if key not in known:
+                    notes.append(f"{name}.{key} is not a setting of this version; ignored")
+            for key, info in known.items():
+                # unset optional settings are simply absent from TOML (it has no null)
+                if key not in given and info.default is not None:
+                    notes.append(f"{name}.{key} is missing; default used")
+            clean[name] = {k: v for k, v in given.items() if k in known}
+        for key in data:
+            if key not in cls.model_fields:
+                notes.append(f"{key} is not a setting of this version; ignored")
+        while True:
+            try:
+                return cls.model_validate(clean), notes
+            except ValidationError as exc:
+                problems = _problems_from(exc)
+                progressed = False
+                for dotted, reason in problems.items():
+                    section, _, key = dotted.partition(".")
+                    if key and isinstance(clean.get(section), dict) and key in clean[section]:
+                        del clean[section][key]
+                        notes.append(f"{dotted}: {reason}; default used")
+                        progressed = True
+                if not progressed:
+                    return cls(), [*notes, "settings could not be read; showing defaults"]
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
 

@@ -106,6 +106,10 @@ class RunFolder:
     def config(self) -> RunConfig:
         return RunConfig.load(self.config_path)
 
+    def config_with_notes(self) -> tuple[RunConfig, list[str]]:
+        """The config even when an older app version wrote it, with a note for each difference."""
+        return RunConfig.load_lenient(self.config_path)
+
     # -- status -----------------------------------------------------------------------------
 
     def write_status(self, state: str, **fields: Any) -> dict[str, Any]:
@@ -186,11 +190,14 @@ class RunFolder:
         metrics = self.metrics()
         losses = [m for m in metrics if m.get("loss") is not None]
         evals = [m for m in metrics if m.get("eval_loss") is not None]
-        try:
-            config = self.config()
-            model, quant, data = config.model.source, config.model.quantization, config.data.path
-        except LoraStudioError:
-            model = quant = data = "?"
+        config, notes = self.config_with_notes()
+        model, quant, data = config.model.source, config.model.quantization, config.data.path
+        peaks = [
+            m["mem"].get("cuda_peak", m["mem"].get("rss", 0))
+            for m in metrics
+            if isinstance(m.get("mem"), dict)
+        ]
+        started, ended = status.get("started_at"), status.get("finished_at") or status.get("updated_at")
         return {
             "run_id": self.run_id,
             "path": str(self.path),
@@ -202,9 +209,12 @@ class RunFolder:
             "data": data,
             "final_loss": losses[-1]["loss"] if losses else None,
             "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
-            "started_at": status.get("started_at"),
+            "started_at": started,
             "updated_at": status.get("updated_at"),
+            "duration_s": (ended - started) if started and ended else None,
+            "peak_memory": max(peaks) if peaks else None,
             "error": status.get("error"),
+            "notes": notes,
         }
 
 
@@ -282,3 +292,37 @@ def _writer_alive(status: dict[str, Any]) -> bool:
         return started is None or abs(proc.create_time() - float(started)) < 1.0
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return False
+
+
+def config_diff(runs: list[RunFolder]) -> dict[str, list[Any]]:
+    """Dotted setting → each run's value, for the settings that differ (what a comparison shows)."""
+    flats = []
+    for run in runs:
+        config, _ = run.config_with_notes()
+        flat = {}
+        for section, values in config.to_dict().items():
+            if isinstance(values, dict):
+                flat.update({f"{section}.{key}": value for key, value in values.items()})
+        flats.append(flat)
+    keys = sorted({key for flat in flats for key in flat})
+    return {
+        key: [flat.get(key) for flat in flats]
+        for key in keys
+        if len({json.dumps(flat.get(key), sort_keys=True) for flat in flats}) > 1
+    }
+
+
+def find_run(name: str, runs_root: Path | None = None) -> RunFolder:
+    """A run by folder path, full id, or a unique part of its id (as the CLI accepts)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return RunFolder.open(path)
+    matches = [r for r in list_runs(runs_root) if name == r.run_id or name in r.run_id]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise RunFolderError(f"no run matches '{name}'", hint="list runs with `lora-studio runs`")
+    raise RunFolderError(
+        f"'{name}' matches {len(matches)} runs: " + ", ".join(r.run_id for r in matches[:5]),
+        hint="give more of the run id",
+    )
