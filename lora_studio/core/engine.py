@@ -224,6 +224,9 @@ class TrainingRun:
             allow_pickle=cfg.model.allow_pickle,
         )
         self.check_cancel()
+        from transformers import set_seed
+
+        set_seed(cfg.training.seed)  # adapter initialisation is part of the run: same seed, same run
         self.model = wrap_with_lora(model, cfg)
         self.model.config.use_cache = False  # a KV cache breaks padding-free packing (DESIGN.md §2)
         self.shared_model.update(model=self.model, tokenizer=self.tokenizer, lock=self.lock)
@@ -368,7 +371,11 @@ def wrap_with_lora(model: Any, config: RunConfig) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     gc = config.training.gradient_checkpointing
-    if config.model.quantization != "none":
+    if config.model.quantization != "none" and config.model.lean_kbit_prep:
+        from lora_studio.core.memory_saving import lean_kbit_preparation
+
+        model = lean_kbit_preparation(model, gradient_checkpointing=gc)
+    elif config.model.quantization != "none":
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False}
         )

@@ -153,6 +153,21 @@ class _StudioTrainer(Trainer):
             loss = loss * float("nan")
         return loss
 
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        """The chunked loss where it applies (exact), else the Trainer's own; optionally offloaded."""
+        from lora_studio.core.memory_saving import chunked_forward_loss, offload_context
+
+        t = self._run.config.training
+        chunked = (
+            t.chunked_loss and not return_outputs and not self._run.world.distributed and "labels" in inputs
+        )
+        with offload_context(t.checkpoint_offload and t.gradient_checkpointing and model.training):
+            if chunked:
+                return chunked_forward_loss(model, inputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
     def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         inputs.pop(_TOKENS_KEY, None)
         return super().prediction_step(model, inputs, *args, **kwargs)

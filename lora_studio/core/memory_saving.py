@@ -1,0 +1,95 @@
+"""Memory savers that keep the maths exact: chunked cross-entropy, offloaded checkpoints, lean k-bit prep.
+
+Why: at long sequence lengths the standard path's peak is dominated by the logits
+(batch × seq × vocab, upcast to fp32, plus their gradient) and by peft's blanket fp32 cast of
+embeddings and the output head for quantized models. None of that is needed for the result:
+
+- chunked cross-entropy applies the output head to ``chunk`` tokens at a time under activation
+  checkpointing, so only one chunk's logits ever exist; the loss and gradients equal the standard
+  ``ForCausalLMLoss`` (same shift, same ``num_items_in_batch`` normalisation);
+- with gradient checkpointing, ``save_on_cpu`` keeps the saved layer inputs in (pinned) host
+  memory, so activation memory no longer grows with the number of layers;
+- lean k-bit preparation freezes the base model and enables input gradients like
+  ``prepare_model_for_kbit_training`` but leaves embeddings, norms and the output head in the
+  compute dtype (RMSNorm already computes its statistics in fp32 internally).
+
+Imported lazily: it imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+DEFAULT_CHUNK = 1024
+
+
+def _chunk_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    logits = head(hidden).float()
+    return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+
+
+def chunked_causal_lm_loss(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    labels: torch.Tensor,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """The causal-LM loss of ``head(hidden)`` without materialising all logits at once."""
+    shifted = F.pad(labels, (0, 1), value=-100)[..., 1:]
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_labels = shifted.reshape(-1).to(hidden.device)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, flat_hidden.shape[0], chunk):
+        part = flat_labels[start : start + chunk]
+        if bool((part != -100).any()):
+            total = total + checkpoint(
+                _chunk_loss_sum, flat_hidden[start : start + chunk], part, head, use_reentrant=False
+            )
+        else:  # keep the graph connected (zero gradient) even when a chunk has no trained token
+            total = total + flat_hidden[start : start + chunk].sum() * 0.0
+    if num_items_in_batch is None:
+        count = (flat_labels != -100).sum()
+        return total / count.clamp(min=1)
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
+def causal_parts(model: Any) -> tuple[Any, Any]:
+    """(decoder, output head) of a plain or peft-wrapped causal LM."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return causal.get_decoder(), causal.get_output_embeddings()
+
+
+def chunked_forward_loss(
+    model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, chunk: int = DEFAULT_CHUNK
+) -> torch.Tensor:
+    """Run the decoder, then the chunked loss: what ``model(**inputs).loss`` computes, with less memory."""
+    labels = inputs["labels"]
+    decoder, head = causal_parts(model)
+    kwargs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    hidden = decoder(**kwargs, use_cache=False).last_hidden_state
+    return chunked_causal_lm_loss(hidden, head, labels, num_items_in_batch, chunk)
+
+
+def offload_context(enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """Saved tensors of the forward (the checkpointed layer inputs) go to host memory."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+
+
+def lean_kbit_preparation(model: Any, *, gradient_checkpointing: bool) -> Any:
+    """``prepare_model_for_kbit_training`` without its fp32 cast of every non-quantized weight."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model
