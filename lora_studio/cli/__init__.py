@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from lora_studio import __version__
 from lora_studio.core.errors import CancelledError, ConfigError, LoraStudioError
 
-COMMANDS = ["info", "train", "chat", "inspect-data", "runs", "doctor"]
+COMMANDS = ["info", "train", "chat", "inspect-data", "runs", "doctor", "gui"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    if not getattr(args, "func", None):  # no command: open the app
+        from lora_studio.cli import gui
+
+        args.func = gui.run
     try:
         return int(args.func(args) or 0)
     except CancelledError as exc:
