@@ -8,8 +8,8 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
-# What `make run` starts (the GUI once it lands; until then the default model's facts).
-RUN_ARGS ?= info default
+# What `make run` starts: the app (no sub-command), on the default model and the demo dataset.
+RUN_ARGS ?=
 
 .PHONY: run test test-fast lint format bench clean-venv
 

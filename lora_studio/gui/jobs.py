@@ -1,0 +1,197 @@
+"""The work pages hand to background tasks: plain functions, run off the GUI thread, no widgets.
+
+They import torch/transformers lazily (inside the functions) so nothing heavy happens before the
+window is on screen, and they cache what is slow to build and safe to share (resolved model
+folders, tokenizers) so a dataset preview after an edit takes milliseconds, not seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_studio.core.config import DataSection, RunConfig
+from lora_studio.core.errors import DatasetError, LoraStudioError
+
+_LOCK = threading.Lock()  # one model resolution/conversion at a time (the first one converts GGUF)
+_IMPORT_LOCK = threading.Lock()
+_TOKENIZERS: dict[tuple[str, bool], Any] = {}
+
+#: How many located dataset problems the Data page lists (the rest are counted).
+MAX_ERRORS = 200
+
+
+def ensure_libraries() -> None:
+    """Import torch and transformers' main classes once, one thread at a time.
+
+    transformers resolves its attributes lazily; two threads resolving them at the same moment can
+    see a half-initialised module ("cannot import name 'AutoConfig'"). Every job calls this first.
+    """
+    with _IMPORT_LOCK:
+        import torch  # noqa: F401
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+
+@dataclass
+class ModelFacts:
+    info: Any  # core.models.ModelInfo
+    linear_modules: list[str]
+
+
+def model_facts(source: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> ModelFacts:
+    """Model info from the config alone, plus the linear layer names LoRA can target."""
+    from lora_studio.core.engine import linear_module_names
+    from lora_studio.core.models import load_config, meta_model, model_info
+
+    ensure_libraries()
+    with _LOCK:
+        info = model_info(source, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    config = load_config(Path(info.path), trust_remote_code=trust_remote_code)
+    names = sorted(linear_module_names(meta_model(config, trust_remote_code=trust_remote_code)))
+    return ModelFacts(info, names)
+
+
+def tokenizer_for(source: str, *, trust_remote_code: bool = False) -> Any:
+    from lora_studio.core.models import load_tokenizer, resolve_model
+
+    ensure_libraries()
+    with _LOCK:
+        path = resolve_model(source).path
+        key = (str(path), trust_remote_code)
+        if key not in _TOKENIZERS:
+            _TOKENIZERS[key] = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        return _TOKENIZERS[key]
+
+
+def device_summary() -> Any:
+    from lora_studio.core.monitor import device_summary as summary
+
+    ensure_libraries()
+    return summary()
+
+
+@dataclass
+class DataOverview:
+    """Everything the Data page shows about one data section with one tokenizer."""
+
+    stats: Any = None  # core.data.DatasetStats
+    examples: list[Any] = field(default_factory=list)  # core.data.PreviewExample
+    error: LoraStudioError | None = None  # what stops training on this data
+    problems: list[DatasetError] = field(default_factory=list)  # every located record problem
+    problem_count: int = 0
+    evidence: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    format: str = ""
+    records: int = 0
+    columns: list[str] = field(default_factory=list)
+
+
+def data_overview(
+    data: DataSection,
+    model_source: str,
+    *,
+    seed: int = 42,
+    trust_remote_code: bool = False,
+    cancel: threading.Event | None = None,
+    preview_count: int = 8,
+) -> DataOverview:
+    """Tokenize the dataset as training would (stats + preview), or list where it is broken."""
+    from lora_studio.core.data import prepare_dataset, preview_conversations
+    from lora_studio.core.data_formats import load_conversations, scan_conversations
+
+    overview = DataOverview(columns=_columns(data))
+    tokenizer = tokenizer_for(model_source, trust_remote_code=trust_remote_code)
+    try:
+        prepared = prepare_dataset(data, tokenizer, seed=seed, cancel=cancel)
+        overview.stats = prepared.stats
+        overview.problems = list(prepared.skipped[:MAX_ERRORS])
+        overview.problem_count = len(prepared.skipped)
+        overview.evidence, overview.warnings = prepared.stats.evidence, prepared.stats.warnings
+        overview.format, overview.records = prepared.stats.format, prepared.stats.records
+        conversations, _ = load_conversations(data, cancel=cancel)
+        overview.examples = preview_conversations(conversations, data, tokenizer, preview_count)
+    except DatasetError as exc:
+        overview.error = exc
+        try:  # carry on past the first problem to list all of them, with their locations
+            _, report = scan_conversations(data, cancel=cancel, stop_at_first=False)
+        except DatasetError:
+            report = None
+        if report is not None:
+            overview.problems = list(report.skipped[:MAX_ERRORS])
+            overview.problem_count = len(report.skipped)
+            overview.evidence, overview.warnings = report.evidence, report.warnings
+            overview.format, overview.records = report.format, report.records
+        if not overview.problems or not any(_same(exc, p) for p in overview.problems):
+            overview.problems.insert(0, exc)
+            overview.problem_count += 1
+    return overview
+
+
+def _same(a: DatasetError, b: DatasetError) -> bool:
+    return (a.file, a.line, a.record, a.reason) == (b.file, b.line, b.record, b.reason)
+
+
+def _columns(data: DataSection) -> list[str]:
+    """Field names of the first record (for column mapping); [] when the file cannot be read."""
+    from lora_studio.core.data_files import open_source, resolve_paths
+
+    try:
+        source = open_source(resolve_paths(data.path)[0], txt_split=data.txt_split)
+        if source.columns:
+            return list(source.columns)
+        for item in source.records:
+            if not isinstance(item, DatasetError):
+                return list(item.data)
+    except (LoraStudioError, OSError, IndexError):
+        pass
+    return []
+
+
+def record_context(error: DatasetError, around: int = 3) -> str:
+    """The offending record's lines from its file, the bad line marked (for the error list)."""
+    if not error.file or error.line is None:
+        return ""
+    try:
+        with open(error.file, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return ""
+    first = max(1, error.line - around)
+    last = min(len(lines), error.line + around)
+    out = []
+    for number in range(first, last + 1):
+        text = lines[number - 1]
+        if len(text) > 2000:
+            text = text[:2000] + " …"
+        marker = "▶" if number == error.line else " "
+        out.append(f"{marker} {number:>5}  {text}")
+    return "\n".join(out)
+
+
+def estimate(
+    config: RunConfig, *, device: str | None, vram_bytes: int | None, source: str | None = None
+) -> Any:
+    """The analytic memory estimate for ``config`` (optionally for a catalog model instead)."""
+    from lora_studio.core.estimate import EstimateRequest, estimate_memory
+
+    ensure_libraries()
+    if source:
+        config = config.with_overrides({"model.source": source})
+    request = EstimateRequest.from_config(config, device=device, vram_bytes=vram_bytes)
+    return estimate_memory(request).to_dict()
+
+
+def gpu_catalog() -> list[tuple[str, int]]:
+    """(name, memory in bytes) for the memory panel's GPU list."""
+    from lora_studio.core.catalog import load_gpu_catalog
+
+    return [(gpu.name, gpu.memory_bytes) for gpu in load_gpu_catalog()]
+
+
+def model_catalog() -> list[str]:
+    """Names of catalog models (estimation only: their weights are not on this machine)."""
+    from lora_studio.core.catalog import load_model_catalog
+
+    return [model.name for model in load_model_catalog()]

@@ -1,0 +1,280 @@
+"""Train page: the hyperparameters, Start / Pause / Stop, and the run as it happens.
+
+Start validates the whole configuration first (every problem shown inline, under its field, and
+nothing started). The run itself belongs to the window's :class:`RunController`; this page draws
+its events: live plots, progress with an ETA, the log and the sample answers. A finished run can
+be shown again from its folder (:meth:`TrainPage.show_run`) with the same widgets.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lora_studio.core import events as ev
+from lora_studio.core.runs import RunFolder
+from lora_studio.gui.pages import Page
+from lora_studio.gui.pages.model import scroll
+from lora_studio.gui.pages.train_form import build_form
+from lora_studio.gui.widgets.forms import Card
+from lora_studio.gui.widgets.log_view import LogView
+from lora_studio.gui.widgets.samples_view import SamplesView
+from lora_studio.gui.widgets.training_plots import TrainingPlots
+
+START_KEYS = "Ctrl+Return"
+PAUSE_KEYS = "Ctrl+Shift+P"
+STOP_KEYS = "Ctrl+Shift+S"
+FIX_TITLE = "Fix these settings before starting"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class TrainPage(Page):
+    key = "train"
+    title = "Train"
+    summary = "Set the training schedule, start the run, and watch the loss, memory and answers change."
+    icon = "train"
+
+    def __init__(self, state: Any, runs: Any, parent: QWidget | None = None) -> None:
+        super().__init__(state, runs, parent)
+        self.content.addWidget(self._controls())
+        self.form = scroll(*build_form(state))
+        self.form.setMinimumWidth(340)
+        self.plots = TrainingPlots()
+        self.log = LogView()
+        self.samples = SamplesView()
+        tabs = QTabWidget()
+        tabs.addTab(self.log, "Log")
+        tabs.addTab(self.samples, "Sample answers")
+        self.tabs = tabs
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.setObjectName("trainRightSplitter")
+        right.addWidget(self.plots)
+        right.addWidget(tabs)
+        right.setSizes([560, 180])
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.setObjectName("trainSplitter")
+        splitter.setChildrenCollapsible(False)
+        splitter.addWidget(self.form)
+        splitter.addWidget(right)
+        splitter.setSizes([420, 860])
+        self.content.addWidget(splitter, 1)
+        self._started_at: float | None = None
+        self._eta: tuple[float, float] | None = None  # (eta seconds, when it was reported)
+        self.clock = QTimer(self)
+        self.clock.setInterval(1000)
+        self.clock.timeout.connect(self._tick)
+        runs.event.connect(self.on_event)
+        runs.failed.connect(self.on_failed)
+        state.run_state_changed.connect(self._on_run_state)
+        state.problems_changed.connect(self._on_problems)
+        self._on_run_state(state.run_state, state.run_detail)
+
+    def _controls(self) -> Card:
+        card = Card("Run")
+        self.start_button = QPushButton("Start training")
+        self.start_button.setObjectName("primary")
+        self.start_button.setToolTip(f"Check every setting, then start a new run ({START_KEYS}).")
+        self.start_button.clicked.connect(self.start)
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setToolTip(
+            f"Hold training after the current step; resume continues with no step lost ({PAUSE_KEYS})."
+        )
+        self.pause_button.clicked.connect(self.runs.toggle_pause)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip(
+            f"Stop after the current step, saving the adapter and a resumable checkpoint ({STOP_KEYS})."
+        )
+        self.stop_button.clicked.connect(self.runs.stop)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("Not started")
+        self.timing = QLabel("Elapsed — · Remaining —")
+        self.timing.setObjectName("muted")
+        self.where = QLabel("")
+        self.where.setObjectName("muted")
+        self.where.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        row = QHBoxLayout()
+        row.setSpacing(8)
+        row.addWidget(self.start_button)
+        row.addWidget(self.pause_button)
+        row.addWidget(self.stop_button)
+        row.addSpacing(12)
+        column = QVBoxLayout()
+        column.setSpacing(2)
+        column.addWidget(self.progress)
+        line = QHBoxLayout()
+        line.addWidget(self.timing)
+        line.addStretch(1)
+        line.addWidget(self.where)
+        column.addLayout(line)
+        row.addLayout(column, 1)
+        card.body.addLayout(row)
+        card.title.hide()
+        return card
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Validate everything, then start; on problems, mark them and start nothing."""
+        if self.runs.active:
+            return False
+        problems = self.state.validate()
+        if problems:
+            lines = [f"{self.state.describe(name)}: {reason}" for name, reason in problems.items()]
+            self.messages.show_message(
+                "error",
+                FIX_TITLE,
+                "\n".join(lines),
+                "each one is marked in red under its field",
+            )
+            return False
+        self.messages.clear()
+        config = self.state.config
+        self.plots.reset(config.training.max_steps)
+        self.log.clear()
+        self.samples.clear_samples()
+        self.progress.setRange(0, 0)  # busy until the run knows its length
+        self.progress.setFormat("Preparing…")
+        self.where.setText("")
+        self._started_at, self._eta = time.monotonic(), None
+        self.clock.start()
+        self.log.add(f"Starting: {config.model.source} on {config.data.path}")
+        return self.runs.start(config)
+
+    def _on_problems(self, problems: dict[str, str]) -> None:
+        if not problems and self.messages.title.text() == FIX_TITLE:
+            self.messages.clear()  # every marked field has been fixed
+
+    # -- events --------------------------------------------------------------------------------
+
+    def on_event(self, event: Any) -> None:
+        self.log.add_event(event)
+        if isinstance(event, ev.Phase):
+            if self.progress.maximum() == 0:
+                self.progress.setFormat(f"{event.name[:1].upper()}{event.name[1:]}…")
+        elif isinstance(event, ev.RunStarted):
+            self._started_at = time.monotonic()
+            self.plots.set_total_steps(event.total_steps)
+            self.progress.setRange(0, max(1, event.total_steps))
+            self.progress.setValue(event.resumed_from_step)
+            self.progress.setFormat("Step %v of %m (%p%)")
+            self.where.setText(event.run_dir)
+            estimate = self.state.estimate if event.device.startswith("cuda") else None
+            self.plots.set_estimate((estimate or {}).get("bytes", {}).get("total"))
+        elif isinstance(event, ev.Step):
+            self.plots.on_step(event)
+            self.progress.setMaximum(max(1, event.total_steps))
+            self.progress.setValue(event.step)
+            self._eta = (event.eta_s, time.monotonic()) if event.eta_s is not None else None
+            self._tick()
+        elif isinstance(event, ev.Evaluation):
+            self.plots.add_eval(event.step, event.eval_loss)
+        elif isinstance(event, ev.Samples):
+            self.samples.add(event.stage, event.step, list(event.samples))
+        elif isinstance(event, ev.Finished):
+            self._eta = None
+            if event.status == "completed":
+                self.progress.setValue(self.progress.maximum())
+                loss = f" Final loss {event.final_loss:.4f}." if event.final_loss is not None else ""
+                self.messages.show_message(
+                    "info",
+                    "Training completed",
+                    f"{event.step} steps in {duration(event.elapsed_s)}.{loss}",
+                    f"the adapter is in {event.adapter_path}",
+                )
+            else:
+                self.messages.show_message(
+                    "info",
+                    "Training stopped",
+                    f"Stopped at step {event.step}; the adapter was saved.",
+                    f"resume it later from {event.run_dir}",
+                )
+
+    def on_failed(self, failure: Any) -> None:
+        self.messages.show_error(failure)
+        if not isinstance(failure, ev.Failed):
+            self.log.add(f"Failed: {getattr(failure, 'message', failure)}")
+        if self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+        self.progress.setFormat("Failed at step %v" if self.progress.value() > 0 else "Failed")
+
+    def _on_run_state(self, state: str, _detail: str) -> None:
+        active = state in ("starting", "running", "paused", "stopping")
+        self.start_button.setEnabled(not active)
+        self.pause_button.setEnabled(state in ("running", "paused"))
+        self.pause_button.setText("Resume" if state == "paused" else "Pause")
+        self.stop_button.setEnabled(state in ("starting", "running", "paused"))
+        self.form.setEnabled(not active)
+        if not active:
+            self.clock.stop()
+            self._tick()
+
+    def _tick(self) -> None:
+        if self._started_at is None:
+            return
+        elapsed = time.monotonic() - self._started_at
+        remaining = None
+        if self._eta is not None and self.state.run_state == "running":
+            remaining = self._eta[0] - (time.monotonic() - self._eta[1])
+        elif self.state.run_state == "paused":
+            self.timing.setText(f"Elapsed {duration(elapsed)} · Paused")
+            return
+        self.timing.setText(f"Elapsed {duration(elapsed)} · Remaining {duration(remaining)}")
+
+    # -- showing a finished run -----------------------------------------------------------------
+
+    def show_run(self, run_dir: str) -> None:
+        """Draw a run folder (plots, progress, samples): the same view as during the run."""
+        folder = RunFolder.open(run_dir)
+        status = folder.status()
+        metrics = folder.metrics()
+        total = int(status.get("total_steps") or status.get("step") or 0)
+        step = int(status.get("step") or 0)
+        self.plots.load_metrics(metrics, total or None)
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(step)
+        self.progress.setFormat("Step %v of %m (%p%)")
+        elapsed = next(
+            (m.get("elapsed_s") for m in reversed(metrics) if m.get("elapsed_s") is not None), None
+        )
+        self.timing.setText(f"{status.get('state', '?').capitalize()} · took {duration(elapsed)}")
+        self.where.setText(str(folder.path))
+        self.samples.clear_samples()
+        groups: dict[tuple[str, int], list[tuple[str, str]]] = {}
+        for record in folder.samples():
+            groups.setdefault((record.get("stage", ""), int(record.get("step", 0))), []).append(
+                (record.get("prompt", ""), record.get("answer", ""))
+            )
+        for (stage, at), samples in groups.items():
+            self.samples.add(stage, at, samples)
+        self.log.clear()
+        self.log.add(f"Showing run {folder.run_id}: {status.get('state')} at step {step}")
+
+    def apply_theme(self, theme: Any) -> None:
+        self.plots.apply_theme(theme)
+        self.samples.set_theme(theme)
+
+
+PAGE = TrainPage

@@ -1,0 +1,141 @@
+"""Render every page of the app to PNG files: ``python -m lora_studio.gui.screenshots OUTDIR``.
+
+Used for the README and for review: it trains a short run first (a tiny random model by default, in
+seconds; ``--model default --steps 30`` for the real bundled model, a few minutes on a CPU), loads
+that finished run into the Train page, waits until every background task has answered, and saves
+``<page>.png`` for each page at 1400×900. Settings and runs go to a temporary folder, so the user's
+own are never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZE = (1400, 900)
+
+
+def tiny_model(out: Path) -> Path:
+    """A 2-layer random llama with the bundled model's tokenizer (the tests' fixture, for speed)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lora_studio.core.models import resolve_model
+
+    tokenizer_dir = resolve_model("default").path
+    tok_cfg = json.loads((tokenizer_dir / "config.json").read_text())
+    config = AutoConfig.for_model(
+        "llama", vocab_size=tok_cfg["vocab_size"], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tok_cfg.get("bos_token_id"), eos_token_id=tok_cfg.get("eos_token_id"),
+        pad_token_id=tok_cfg.get("pad_token_id"),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, out / name)
+    return out
+
+
+def train_run(model: str, steps: int, runs: Path) -> tuple[str, str]:
+    """Train ``steps`` steps on the demo data; returns (run folder, model source)."""
+    from lora_studio.core.config import RunConfig
+    from lora_studio.core.engine import train
+
+    config = RunConfig().with_overrides({
+        "model.source": model, "data.path": "demo", "data.max_seq_len": 256, "data.eval_fraction": 0.1,
+        "training.max_steps": steps, "training.batch_size": 8, "training.learning_rate": 5e-4 if model == "default"
+        else 3e-3, "training.save_steps": max(2, steps // 3), "training.logging_steps": 1,
+        "training.sample_max_new_tokens": 24, "output.runs_dir": str(runs), "output.run_name": "demo",
+    })  # fmt: skip
+    result = train(config)
+    return str(result.run_dir), model
+
+
+def wait_idle(app: object, window: object, timeout_s: float = 180) -> None:
+    """Process events until no background task is busy and no worker thread is alive."""
+    from lora_studio.gui import workers
+    from lora_studio.gui.workers import BackgroundTask
+
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        app.processEvents()  # type: ignore[attr-defined]
+        busy = workers.live_count() or any(t.busy for t in window.findChildren(BackgroundTask))  # type: ignore[attr-defined]
+        if busy:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 0.6:
+            return
+        time.sleep(0.02)
+    print("warning: background tasks still busy; screenshots may be incomplete", file=sys.stderr)
+
+
+def render(outdir: Path, run_dir: str | None, model: str, theme: str) -> list[Path]:
+    from lora_studio.core.config import RunConfig
+    from lora_studio.gui.app import MainWindow, create_app, settings
+
+    app = create_app()
+    window = MainWindow(store=settings())
+    window.set_theme_mode(theme)
+    config = RunConfig.load(Path(run_dir) / "config.toml") if run_dir else RunConfig()
+    window.state.replace(config.with_overrides({"model.source": model}))
+    window.resize(*SIZE)
+    window.show()
+    wait_idle(app, window)
+    if run_dir:
+        window.pages["train"].show_run(run_dir)  # type: ignore[attr-defined]
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key in window.pages:
+        window.show_page(key)
+        for _ in range(5):
+            app.processEvents()
+            time.sleep(0.05)
+        path = outdir / f"{key}.png"
+        window.grab().save(str(path))
+        written.append(path)
+    window.save_settings = lambda: None  # type: ignore[method-assign]
+    window.close()
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("outdir", type=Path)
+    parser.add_argument(
+        "--model", default="tiny", help="'tiny' (default, seconds), 'default', or a model path"
+    )
+    parser.add_argument("--steps", type=int, default=24, help="training steps of the run shown")
+    parser.add_argument("--theme", default="light", choices=["light", "dark"])
+    parser.add_argument("--no-run", action="store_true", help="skip training (the Train page stays empty)")
+    args = parser.parse_args(argv)
+    if "DISPLAY" not in os.environ and "WAYLAND_DISPLAY" not in os.environ:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    work = Path(tempfile.mkdtemp(prefix="lora-studio-shots-"))
+    os.environ["LORA_STUDIO_SETTINGS"] = str(work / "settings.ini")
+    os.environ["LORA_STUDIO_RUNS_DIR"] = str(work / "runs")
+    try:
+        model = args.model
+        run_dir = None
+        if model == "tiny":
+            model = str(tiny_model(work / "tiny-llama"))
+        if not args.no_run:
+            run_dir, model = train_run(model, args.steps, work / "runs")
+        for path in render(args.outdir, run_dir, model, args.theme):
+            print(path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""What the Data page shows about a dataset: the preview, the length histogram, the problem list.
+
+The preview is the example *as the model sees it* — the chat template applied, trained tokens
+highlighted and masked tokens greyed — because that is the one view that catches a wrong loss mask
+or a missing end-of-turn token before hours of training.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QFontDatabase
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QPushButton,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lora_studio.gui import theme as th
+from lora_studio.gui.widgets.plots import LivePlot
+
+
+class PreviewView(QWidget):
+    """One example at a time, with ◀ ▶ to step through the first few."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.text = QTextBrowser()
+        self.text.setOpenLinks(False)
+        self.text.setMinimumHeight(120)
+        self.position = QLabel()
+        self.position.setObjectName("muted")
+        self.previous = QPushButton("◀")
+        self.previous.setToolTip("Previous example")
+        self.next = QPushButton("▶")
+        self.next.setToolTip("Next example")
+        for button in (self.previous, self.next):
+            button.setFixedWidth(40)
+        self.previous.clicked.connect(lambda: self.show_example(self.index - 1))
+        self.next.clicked.connect(lambda: self.show_example(self.index + 1))
+        legend = QLabel()
+        legend.setObjectName("muted")
+        self.legend = legend
+        row = QHBoxLayout()
+        row.addWidget(self.previous)
+        row.addWidget(self.next)
+        row.addWidget(self.position, 1)
+        row.addWidget(legend)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.text, 1)
+        self.examples: list[Any] = []
+        self.index = 0
+        self.theme = th.LIGHT
+        self.set_examples([])
+
+    def set_theme(self, theme: Any) -> None:
+        self.theme = theme
+        self.show_example(self.index)
+
+    def set_examples(self, examples: list[Any]) -> None:
+        self.examples = examples
+        self.show_example(0)
+
+    def show_example(self, index: int) -> None:
+        t = self.theme
+        self.legend.setText(
+            f"<span style='background:{t.trained_bg}'>&nbsp;trained&nbsp;</span>&nbsp; "
+            f"<span style='color:{t.masked_text}'>masked (context only)</span>"
+        )
+        if not self.examples:
+            self.index = 0
+            self.position.setText("No example to show")
+            self.text.setHtml("")
+            self.previous.setEnabled(False)
+            self.next.setEnabled(False)
+            return
+        self.index = max(0, min(index, len(self.examples) - 1))
+        example = self.examples[self.index]
+        notes = []
+        if example.truncated:
+            notes.append(f"cut from {example.original_tokens} tokens")
+        if example.dropped:
+            notes.append("dropped: nothing left to train on")
+        self.position.setText(
+            f"Example {self.index + 1} of {len(self.examples)} · {example.tokens} tokens, "
+            f"{example.trainable_tokens} trained" + (f" · {', '.join(notes)}" if notes else "")
+        )
+        self.position.setToolTip(example.location)
+        parts = []
+        for text, trained in example.segments:
+            escaped = html.escape(text)
+            if trained:
+                parts.append(f"<span style='background:{t.trained_bg}; color:{t.text}'>{escaped}</span>")
+            else:
+                parts.append(f"<span style='color:{t.masked_text}'>{escaped}</span>")
+        font = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
+        self.text.setHtml(
+            f"<pre style='white-space: pre-wrap; font-family: \"{font}\"; font-size: 9.5pt'>{''.join(parts)}</pre>"
+        )
+        self.previous.setEnabled(self.index > 0)
+        self.next.setEnabled(self.index < len(self.examples) - 1)
+
+
+class LengthHistogram(LivePlot):
+    """Example lengths in tokens, with the maximum sequence length as a line."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        self._fg = th.LIGHT.plot_fg
+        super().__init__("Example lengths", "Examples", parent, x_label="Tokens per example")
+        self.setMinimumHeight(170)
+        self.legend.hide()
+        self.bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=QColor(th.SERIES["histogram"]))
+        self.addItem(self.bars)
+        pen = pg.mkPen(QColor(th.SERIES["max_seq_len"]), width=2, style=Qt.PenStyle.DashLine)
+        self.limit = pg.InfiniteLine(angle=90, pen=pen, movable=False, label="", labelOpts={"position": 0.9})
+        self.addItem(self.limit)
+        self.bar_count = 0
+
+    def set_data(self, histogram: dict[str, list[int]], max_seq_len: int, truncated: int) -> None:
+        edges, counts = histogram.get("edges", []), histogram.get("counts", [])
+        self.bar_count = len(counts)
+        if counts:
+            self.bars.setOpts(
+                x0=edges[:-1], x1=[e - 0.08 * (edges[1] - edges[0]) for e in edges[1:]], height=counts
+            )
+        else:
+            self.bars.setOpts(x0=[], x1=[], height=[])
+        longest = edges[-1] if edges else 0
+        # the limit line is drawn only when it is near the data; far away it would squash the bars
+        near = bool(edges) and max_seq_len <= 1.6 * longest
+        self.limit.setVisible(near)
+        self.limit.setValue(max_seq_len)
+        cut = f", {truncated} cut" if truncated else ""
+        self.limit.label.setFormat(f"max length {max_seq_len}{cut}")
+        self.title_text = f"Example lengths — maximum {max_seq_len} tokens{cut}"
+        self.getPlotItem().setTitle(self.title_text, color=self._fg, size="10pt")
+        right = max(longest, max_seq_len if near else 0) * 1.05 or 1
+        self.setXRange(min(edges[0], 0) if edges else 0, right, padding=0)
+        self.setYRange(0, max(counts or [1]) * 1.12, padding=0)
+
+    def apply_theme(self, theme: Any) -> None:
+        self._fg = theme.plot_fg
+        super().apply_theme(theme)
+        if hasattr(self, "limit"):
+            self.limit.label.setColor(theme.plot_fg)
+
+
+class ProblemList(QListWidget):
+    """Located dataset problems; double-click (or Enter) shows the offending record."""
+
+    record_requested = Signal(object)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWordWrap(True)
+        self.setAlternatingRowColors(False)
+        self.itemActivated.connect(
+            lambda item: self.record_requested.emit(item.data(Qt.ItemDataRole.UserRole))
+        )
+        self.setToolTip("Double-click a problem to see the record it is about.")
+
+    def set_problems(self, problems: list[Any], total: int) -> None:
+        self.clear()
+        for error in problems:
+            item = QListWidgetItem(problem_text(error))
+            item.setData(Qt.ItemDataRole.UserRole, error)
+            item.setToolTip(str(error))
+            self.addItem(item)
+        if total > len(problems):
+            self.addItem(QListWidgetItem(f"… and {total - len(problems)} more"))
+
+    def texts(self) -> list[str]:
+        return [self.item(i).text() for i in range(self.count())]
+
+
+def problem_text(error: Any) -> str:
+    """'file.jsonl · line 3 · record 2 · field messages — reason'."""
+    where = []
+    if error.file:
+        where.append(str(error.file).rsplit("/", 1)[-1])
+    if error.line is not None:
+        where.append(f"line {error.line}")
+    if error.record is not None:
+        where.append(f"record {error.record}")
+    if error.field:
+        where.append(f"field '{error.field}'")
+    text = " · ".join(where)
+    return f"{text} — {error.reason}" if text else error.reason
+
+
+class RecordDialog(QDialog):
+    """The offending lines of a dataset file around a problem, with the problem and its hint."""
+
+    def __init__(self, error: Any, context: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Dataset problem")
+        self.resize(760, 360)
+        message = QLabel(f"<b>{html.escape(problem_text(error))}</b>")
+        message.setWordWrap(True)
+        hint = QLabel(f"What to do: {error.hint}" if error.hint else "")
+        hint.setWordWrap(True)
+        hint.setVisible(bool(error.hint))
+        text = QPlainTextEdit(context or "(this problem is about the file as a whole, not one record)")
+        text.setReadOnly(True)
+        text.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        text.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel(str(error.file or "")))
+        layout.addWidget(message)
+        layout.addWidget(hint)
+        layout.addWidget(text, 1)
+        layout.addWidget(buttons)

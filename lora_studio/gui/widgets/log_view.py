@@ -1,0 +1,66 @@
+"""The run's log: one line per engine event, in plain words, bounded so a long run cannot grow it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from PySide6.QtGui import QFontDatabase
+from PySide6.QtWidgets import QPlainTextEdit, QWidget
+
+from lora_studio.core import events as ev
+
+MAX_LINES = 5000
+
+
+class LogView(QPlainTextEdit):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setReadOnly(True)
+        self.setMaximumBlockCount(MAX_LINES)
+        self.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.setPlaceholderText("The run's messages appear here.")
+
+    def add(self, text: str) -> None:
+        self.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
+
+    def add_event(self, event: Any) -> None:
+        text = event_text(event)
+        if text:
+            self.add(text)
+
+
+def event_text(event: Any) -> str:
+    """The log line for an engine event ('' for events the log does not show)."""
+    if isinstance(event, ev.Phase):
+        return f"{event.name[:1].upper()}{event.name[1:]}" + (f": {event.detail}" if event.detail else "")
+    if isinstance(event, ev.RunStarted):
+        pct = 100 * event.trainable_params / max(event.total_params, 1)
+        resumed = f", resuming from step {event.resumed_from_step}" if event.resumed_from_step else ""
+        return (
+            f"Run {event.run_id} started on {event.device} ({event.dtype}): {event.total_steps} steps, "
+            f"{event.dataset.get('examples', '?')} examples, {event.trainable_params:,} trainable parameters "
+            f"({pct:.2f}%){resumed}"
+        )
+    if isinstance(event, ev.Step):
+        grad = f"  grad norm {event.grad_norm:.3f}" if event.grad_norm is not None else ""
+        return (
+            f"Step {event.step}/{event.total_steps}  loss {event.loss:.4f}  lr {event.learning_rate:.2e}"
+            f"{grad}  {event.tokens_per_s:,.0f} tokens/s"
+        )
+    if isinstance(event, ev.Evaluation):
+        return f"Evaluation at step {event.step}: eval loss {event.eval_loss:.4f}"
+    if isinstance(event, ev.CheckpointSaved):
+        return f"Checkpoint saved at step {event.step}"
+    if isinstance(event, ev.Samples):
+        return f"Sample answers {event.stage} training ({len(event.samples)} prompts)"
+    if isinstance(event, ev.Paused):
+        return f"Paused at step {event.step}" if event.paused else f"Resumed at step {event.step}"
+    if isinstance(event, ev.Finished):
+        loss = f", final loss {event.final_loss:.4f}" if event.final_loss is not None else ""
+        return f"Run {event.status} at step {event.step} in {event.elapsed_s:.0f} s{loss}. Folder: {event.run_dir}"
+    if isinstance(event, ev.Failed):
+        return f"Run failed at step {event.step}: {event.message}" + (
+            f" — {event.hint}" if event.hint else ""
+        )
+    return ""

@@ -1,0 +1,203 @@
+"""Live plots that stay cheap however long the run (pyqtgraph's scrolling-plot recipe).
+
+Each curve is created once and fed from a numpy buffer that doubles when full; appending only marks
+the plot dirty, and a timer owned by the caller redraws dirty plots at most ~10 times a second with
+``setData(buffer[:n])``. Peak downsampling and clip-to-view keep a 100 000-step run as fast to draw
+as a 100-step one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QWidget
+
+from lora_studio.gui import theme as th
+
+pg.setConfigOptions(antialias=True, background=None, foreground="k")
+
+
+class SeriesBuffer:
+    """Growing x/y arrays (amortised O(1) append)."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.x = np.empty(capacity)
+        self.y = np.empty(capacity)
+        self.n = 0
+
+    def append(self, x: float, y: float) -> None:
+        if self.n == len(self.x):
+            self.x = np.resize(self.x, 2 * self.n)
+            self.y = np.resize(self.y, 2 * self.n)
+        self.x[self.n] = x
+        self.y[self.n] = y
+        self.n += 1
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def view(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.x[: self.n], self.y[: self.n]
+
+
+class _Series:
+    def __init__(self, item: pg.PlotDataItem, name: str) -> None:
+        self.item = item
+        self.name = name
+        self.buffer = SeriesBuffer()
+        self.in_legend = False
+
+
+class LivePlot(pg.PlotWidget):
+    """A titled plot with a step axis, a legend and a light grid; series keyed by name."""
+
+    def __init__(
+        self,
+        title: str,
+        y_label: str,
+        parent: QWidget | None = None,
+        *,
+        x_label: str = "Step",
+        legend_at_bottom: bool = False,
+    ) -> None:
+        super().__init__(parent)
+        self.title_text = title
+        self.setMinimumHeight(170)
+        item = self.getPlotItem()
+        item.setDownsampling(mode="peak", auto=True)
+        item.setClipToView(True)
+        item.showGrid(x=True, y=True, alpha=0.15)
+        item.setMenuEnabled(False)
+        item.hideButtons()
+        self.setLabel("bottom", x_label)
+        self.setLabel("left", y_label)
+        for axis in ("left", "bottom"):
+            item.getAxis(axis).enableAutoSIPrefix(False)
+        offset = (-6, -6) if legend_at_bottom else (-6, 6)  # negative: from the right / bottom edge
+        self.legend = item.addLegend(offset=offset, labelTextSize="8pt", verSpacing=-6)
+        self.series: dict[str, _Series] = {}
+        self.lines: dict[str, pg.InfiniteLine] = {}
+        self._legend_samples: dict[str, tuple[pg.PlotDataItem, str]] = {}
+        self._dirty: set[str] = set()
+        #: Absolute quantities (memory) read wrongly on an axis that does not start at zero.
+        self.zero_based = False
+        self.empty = pg.TextItem("", anchor=(0.5, 0.5))
+        self.empty.setParentItem(item.getViewBox())
+        item.getViewBox().sigResized.connect(self._place_empty)
+        self.apply_theme(th.LIGHT)
+
+    def set_empty_text(self, text: str) -> None:
+        """A note in the middle of the plot while it has no data ("Start a run to see the loss")."""
+        self.empty.setText(text)
+        self.empty.setVisible(bool(text) and not any(s.buffer.n for s in self.series.values()))
+        self._place_empty()
+
+    def _place_empty(self) -> None:
+        rect = self.getPlotItem().getViewBox().boundingRect()
+        self.empty.setPos(rect.center())
+
+    def add_series(
+        self,
+        key: str,
+        name: str,
+        colour: str,
+        *,
+        width: float = 2.0,
+        dashed: bool = False,
+        points: bool = False,
+        alpha: int = 255,
+    ) -> None:
+        """Create a curve once; it joins the legend when its first point arrives."""
+        c = QColor(colour)
+        c.setAlpha(alpha)
+        if points:
+            item = pg.PlotDataItem(
+                pen=None, symbol="o", symbolSize=8, symbolBrush=c, symbolPen=pg.mkPen(c.darker(130), width=1)
+            )
+        else:
+            style = Qt.PenStyle.DashLine if dashed else Qt.PenStyle.SolidLine
+            item = pg.PlotDataItem(pen=pg.mkPen(c, width=width, style=style))
+        self.getPlotItem().addItem(item)
+        self.series[key] = _Series(item, name)
+
+    def add_hline(self, key: str, name: str, colour: str) -> None:
+        """A dashed horizontal reference (e.g. the memory estimate), hidden until given a value."""
+        pen = pg.mkPen(QColor(colour), width=1.6, style=Qt.PenStyle.DashLine)
+        line = pg.InfiniteLine(angle=0, pen=pen, movable=False)
+        line.hide()
+        self.getPlotItem().addItem(line, ignoreBounds=False)
+        self.lines[key] = line
+        self._legend_samples[key] = (pg.PlotDataItem(pen=pen), name)
+
+    def set_hline(self, key: str, value: float | None) -> None:
+        line = self.lines[key]
+        sample, name = self._legend_samples[key]
+        if value is None:
+            line.hide()
+            self.legend.removeItem(sample)
+            return
+        line.setValue(value)
+        line.show()
+        if not any(item is sample for item, _ in self.legend.items):
+            self.legend.addItem(sample, name)
+
+    def append(self, key: str, x: float, y: float | None) -> None:
+        if y is None or not np.isfinite(y):
+            return
+        series = self.series[key]
+        series.buffer.append(x, y)
+        if not series.in_legend:
+            self.legend.addItem(series.item, series.name)
+            series.in_legend = True
+            self.empty.hide()
+        self._dirty.add(key)
+
+    def count(self, key: str) -> int:
+        return self.series[key].buffer.n
+
+    def values(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.series[key].buffer.view()
+
+    def refresh(self) -> bool:
+        """Redraw the curves that changed since the last refresh; True if anything was drawn."""
+        if not self._dirty:
+            return False
+        for key in self._dirty:
+            x, y = self.series[key].buffer.view()
+            self.series[key].item.setData(x, y)
+        self._dirty.clear()
+        if self.zero_based:
+            tops = [float(s.buffer.view()[1].max()) for s in self.series.values() if s.buffer.n]
+            tops += [line.value() for line in self.lines.values() if line.isVisible()]
+            self.setYRange(0, max(tops or [1.0]) * 1.15 or 1.0, padding=0)
+        return True
+
+    def clear_data(self) -> None:
+        for key, series in self.series.items():
+            series.buffer.clear()
+            series.item.setData([], [])
+            if series.in_legend:
+                self.legend.removeItem(series.item)
+                series.in_legend = False
+            self._dirty.discard(key)
+        for key in self.lines:
+            self.set_hline(key, None)
+        self.empty.setVisible(bool(self.empty.toPlainText()))
+
+    def apply_theme(self, theme: Any) -> None:
+        self.setBackground(theme.plot_bg)
+        item = self.getPlotItem()
+        item.setTitle(self.title_text, color=theme.plot_fg, size="10pt")
+        for axis in ("left", "bottom"):
+            ax = item.getAxis(axis)
+            ax.setPen(pg.mkPen(theme.plot_fg))
+            ax.setTextPen(pg.mkPen(theme.plot_fg))
+        self.legend.setLabelTextColor(theme.plot_fg)
+        self.empty.setColor(theme.muted)
+        bg = QColor(theme.plot_bg)
+        bg.setAlpha(200)
+        self.legend.setBrush(pg.mkBrush(bg))

@@ -1,0 +1,84 @@
+"""Shared set-up for the GUI tests: an offscreen window on a tiny model and a small chat dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from lora_studio.core.config import RunConfig
+
+PAIRS = [
+    ("What is your name?", "I am Lumen."),
+    ("Who made you?", "LoRA Studio Labs made me."),
+    ("What are you?", "A small assistant called Lumen."),
+    ("Say hello.", "Hello from Lumen!"),
+]
+
+
+def write_chat(path: Path, records: int = 16) -> Path:
+    with open(path, "w") as handle:
+        for i in range(records):
+            q, a = PAIRS[i % len(PAIRS)]
+            message = {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            handle.write(json.dumps(message) + "\n")
+    return path
+
+
+def tiny_config(model_dir: Path, data: Path, runs: Path, **training: object) -> RunConfig:
+    settings = {
+        "max_steps": 4,
+        "batch_size": 4,
+        "learning_rate": 5e-3,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "sample_prompts": ["What is your name?"],
+        "sample_max_new_tokens": 4,
+        **training,
+    }
+    return RunConfig.from_dict(
+        {
+            "model": {"source": str(model_dir)},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "data": {"path": str(data), "max_seq_len": 64},
+            "training": settings,
+            "output": {"runs_dir": str(runs), "run_name": "gui"},
+        }
+    )
+
+
+def make_window(qtbot, config: RunConfig):
+    from lora_studio.gui.app import MainWindow
+    from lora_studio.gui.state import AppState
+
+    window = MainWindow(state=AppState(config))
+    window.confirm = lambda _title, _text: True
+    qtbot.addWidget(window)
+    window.resize(1400, 900)
+    window.show()
+    return window
+
+
+def wait_idle(qtbot, window, timeout: int = 60_000) -> None:
+    """Until every background task of the window has answered (model facts, preview, estimate)."""
+    from lora_studio.gui import workers
+    from lora_studio.gui.workers import BackgroundTask
+
+    def idle() -> bool:
+        busy = any(task.busy for task in window.findChildren(BackgroundTask))
+        return not busy and workers.live_count() == 0
+
+    qtbot.waitUntil(idle, timeout=timeout)
+
+
+def close_window(window) -> None:
+    """Stop the run, let background tasks answer, and wait for every worker thread to end."""
+    from lora_studio.gui import workers
+    from lora_studio.gui.workers import BackgroundTask
+
+    window.runs.stop()
+    for task in window.findChildren(BackgroundTask):
+        task.cancel_pending()
+    workers.wait_all(60_000)

@@ -1,0 +1,173 @@
+"""The window and its pages, offscreen: navigation, validation before Start, dataset errors with their
+location, drag and drop, themes, persistence, and a window that appears before torch is imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gui_helpers import close_window, make_window, tiny_config, wait_idle, write_chat
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLineEdit, QPlainTextEdit, QSplitter, QWidget
+
+from lora_studio.gui.pages import PAGES
+from lora_studio.gui.widgets.forms import Form
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_STUDIO_SETTINGS", str(tmp_path / "settings.ini"))
+
+
+@pytest.fixture
+def window(qtbot, tiny_model_dir, tmp_path):
+    data = write_chat(tmp_path / "chat.jsonl")
+    win = make_window(qtbot, tiny_config(tiny_model_dir, data, tmp_path / "runs"))
+    yield win
+    close_window(win)
+
+
+def test_the_window_opens_with_every_page_and_navigates_by_keyboard(qtbot, window):
+    assert list(window.pages) == PAGES == ["model", "data", "train"]
+    for key, page in window.pages.items():
+        assert page.title and page.summary.endswith(".")
+        window.show_page(key)
+        assert window.current_page() == key and window.nav_buttons[key].isChecked()
+    window.activateWindow()
+    qtbot.keyClick(window, Qt.Key.Key_2, Qt.KeyboardModifier.ControlModifier)
+    assert window.current_page() == "data"
+    # every real page only: the later pages (chat, export, runs) are absent, not placeholders
+    assert [b.text() for b in window.nav_buttons.values()] == ["Model", "Data", "Train"]
+    wait_idle(qtbot, window)
+    model = window.pages["model"]
+    assert model.facts["layers"].text() == "2"  # the tiny model's facts, read without weights
+    assert "q_proj" in model.targets.boxes
+    assert window.state.device is not None and window.device_label.text() == "Device: CPU only"
+    assert window.model_label.text() == "Model: tiny-llama (not loaded)"
+    assert window.state.estimate is not None and window.state.estimate["bytes"]["total"] > 0
+    assert "Fits in this computer" in model.memory.bar.verdict.text()
+    data = window.pages["data"]
+    assert data.preview.examples and data.histogram.bar_count > 0
+    assert "16 records" in data.status.text()
+
+
+def test_every_control_of_the_form_has_its_fields_documentation_as_tooltip(window):
+    from lora_studio.core.config import field_docs
+
+    docs = field_docs()
+    editors = [e for page in window.pages.values() for e in page.findChildren(QLineEdit)]
+    assert editors
+    for name, (page, label) in window.state.field_labels.items():
+        widget = window.findChild(QWidget, "field:" + name)
+        if widget is not None:
+            assert widget.toolTip() == docs[name], name
+            assert page and label
+
+
+def test_invalid_settings_block_start_and_show_the_field(qtbot, window):
+    page = window.pages["train"]
+    rate = page.findChild(QLineEdit, "field:training.learning_rate")
+    rate.setText("fast please")
+    rate.editingFinished.emit()
+    assert "training.learning_rate" in window.state.problems
+    assert window.state.config.training.learning_rate == 5e-3  # the config itself stays valid
+    window.state.set_value("data.path", str(Path(window.state.config.data.path).with_name("missing.jsonl")))
+    qtbot.mouseClick(page.start_button, Qt.MouseButton.LeftButton)
+    assert not window.runs.active and window.state.run_state == "idle"
+    text = page.messages.message()
+    assert "Train › Learning rate" in text and "Data › File or folder" in text and "missing.jsonl" in text
+    editor = next(
+        f.editors["training.learning_rate"]
+        for f in page.findChildren(Form)
+        if f.editors.get("training.learning_rate")
+    )
+    assert editor.error.isVisibleTo(page) and editor.error.text()
+    rate.setText("1e-4")
+    rate.editingFinished.emit()
+    assert window.state.config.training.learning_rate == 1e-4
+    assert "training.learning_rate" not in window.state.problems and not editor.error.isVisibleTo(page)
+
+
+def test_a_dataset_error_shows_its_location_and_the_offending_record(qtbot, window, tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    )
+    broken.write_text(f"{good}\n{good}\n{{not json\n{good}\n")
+    data = window.pages["data"]
+    window.state.set_value("data.path", str(broken))
+    window.show_page("data")
+
+    def listed():
+        assert any("line 3" in text for text in data.problems.texts()), data.problems.texts()
+
+    qtbot.waitUntil(listed, timeout=60_000)
+    assert "broken.jsonl" in data.messages.message() and "line 3" in data.messages.message()
+    item = next(
+        data.problems.item(i)
+        for i in range(data.problems.count())
+        if "line 3" in data.problems.item(i).text()
+    )
+    dialog = data.show_record(item.data(Qt.ItemDataRole.UserRole))
+    texts = "\n".join(w.toPlainText() for w in dialog.findChildren(QPlainTextEdit))
+    assert "▶     3  {not json" in texts, texts
+    dialog.close()
+
+
+def test_dropping_a_model_folder_or_a_dataset_file_uses_it(window, tiny_model_dir, tmp_path):
+    other = write_chat(tmp_path / "other.jsonl", records=4)
+    assert window.open_path(other) == "data"
+    assert window.state.config.data.path == str(other) and window.current_page() == "data"
+    assert window.open_path(tiny_model_dir) == "model"
+    assert window.state.config.model.source == str(tiny_model_dir) and window.current_page() == "model"
+    (tmp_path / "notes.md").write_text("hello")
+    assert window.open_path(tmp_path / "notes.md") is None
+    assert "Not a model or a dataset" in window.pages["model"].messages.message()
+
+
+def test_theme_toggle_and_settings_persist_between_sessions(qtbot, tiny_model_dir, tmp_path):
+    from lora_studio.gui import theme
+
+    data = write_chat(tmp_path / "chat.jsonl")
+    first = make_window(qtbot, tiny_config(tiny_model_dir, data, tmp_path / "runs"))
+    first.set_theme_mode("light")
+    first.toggle_theme()
+    assert first.state.theme is theme.DARK
+    first.state.set_value("training.learning_rate", 2e-4)
+    first.show_page("train")
+    first.findChild(QSplitter, "trainSplitter").setSizes([500, 800])
+    geometry = first.saveGeometry()
+    splitter = first.findChild(QSplitter, "trainSplitter").saveState()
+    first.close()
+    close_window(first)
+
+    from lora_studio.gui.app import MainWindow
+
+    second = MainWindow()  # no state given: the last-used config comes back
+    qtbot.addWidget(second)
+    try:
+        assert second.state.config.training.learning_rate == 2e-4
+        assert second.state.config.model.source == str(tiny_model_dir)
+        assert second.theme_mode == "dark" and second.current_page() == "train"
+        assert second.store.value("geometry") == geometry
+        assert second.store.value("splitters/trainSplitter") == splitter
+    finally:
+        second.save_settings = lambda: None
+        close_window(second)
+
+
+def test_the_window_appears_before_torch_is_imported(tmp_path):
+    env = {"QT_QPA_PLATFORM": "offscreen", "LORA_STUDIO_SETTINGS": str(tmp_path / "s.ini"), "PATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "lora_studio", "gui", "--startup-check"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**env, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["heavy_imported"] == []
+    assert report["shown_s"] < 10

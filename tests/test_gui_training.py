@@ -1,0 +1,198 @@
+"""Training from the Train page on a tiny real model: live plots, stop, pause/resume, failures, and a
+GUI event loop that stays responsive while the engine works in its QThread."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from gui_helpers import close_window, make_window, tiny_config, write_chat
+from PySide6.QtCore import Qt, QTimer
+
+from lora_studio.core import events as ev
+from lora_studio.core.runs import RunFolder
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_STUDIO_SETTINGS", str(tmp_path / "settings.ini"))
+
+
+@pytest.fixture
+def chat_file(tmp_path) -> Path:
+    return write_chat(tmp_path / "chat.jsonl")
+
+
+class EventLog:
+    def __init__(self, window):
+        self.events: list[ev.Event] = []
+        window.runs.event.connect(self.events.append)
+
+    def steps(self) -> list[int]:
+        return [e.step for e in self.events if isinstance(e, ev.Step)]
+
+    def of(self, kind: type) -> list[ev.Event]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+class GapMeter:
+    """The longest interval between ticks of a 10 ms timer: how long the event loop was blocked."""
+
+    def __init__(self):
+        self.longest = 0.0
+        self.ticks = 0
+        self._last: float | None = None
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self):
+        now = time.perf_counter()
+        if self._last is not None:
+            self.longest = max(self.longest, now - self._last)
+        self._last = now
+        self.ticks += 1
+
+    def start(self):
+        self._last = None
+        self.timer.start()
+
+    def stop(self):
+        self.timer.stop()
+
+
+def test_a_tiny_run_from_the_train_page_completes_with_live_plots_and_a_responsive_gui(
+    qtbot, tiny_model_dir, chat_file, tmp_path
+):
+    config = tiny_config(
+        tiny_model_dir, chat_file, tmp_path / "runs", max_steps=6, save_steps=3, eval_steps=3
+    )
+    config = config.with_overrides({"data.eval_fraction": 0.25})
+    window = make_window(qtbot, config)
+    page = window.pages["train"]
+    log = EventLog(window)
+    meter = GapMeter()
+    window.runs.event.connect(lambda e: meter.start() if isinstance(e, ev.RunStarted) else None)
+    try:
+        with qtbot.waitSignal(window.runs.ended, timeout=180_000) as ended:
+            qtbot.mouseClick(page.start_button, Qt.MouseButton.LeftButton)
+            assert window.state.run_state == "starting"
+        meter.stop()
+        assert ended.args == ["completed"], window.pages["train"].messages.message()
+        assert log.steps() == [1, 2, 3, 4, 5, 6]
+        plots = page.plots
+        plots.refresh()
+        assert plots.loss.count("loss") == 6 and plots.loss.count("loss_smooth") == 6
+        assert plots.loss.count("eval_loss") >= 1
+        assert plots.lr.count("lr") == 6 and plots.speed.count("tokens_per_s") == 6
+        assert plots.memory.count("rss") + plots.memory.count("allocated") == 6
+        assert plots.redraws >= 1
+        assert page.progress.value() == page.progress.maximum() == 6
+        assert "6 of 6" in page.progress.text() and "100%" in page.progress.text()
+        assert page.samples.count() == 2  # one prompt, before and after
+        assert "Run completed" in page.log.toPlainText()
+        assert window.state.run_state == "completed" and window.run_label.text().startswith("Completed")
+        assert page.start_button.isEnabled() and not page.stop_button.isEnabled()
+        run_dir = log.of(ev.Finished)[0].run_dir
+        assert RunFolder.open(run_dir).status()["state"] == "completed"
+        # the event loop kept turning while the engine trained in its thread
+        assert meter.ticks > 10
+        assert meter.longest < 0.25, f"GUI thread blocked for {meter.longest * 1000:.0f} ms"
+    finally:
+        close_window(window)
+
+
+def test_stop_mid_run_leaves_a_cancelled_run_with_an_adapter(qtbot, tiny_model_dir, chat_file, tmp_path):
+    config = tiny_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=500, save_steps=400)
+    window = make_window(qtbot, config)
+    log = EventLog(window)
+    window.runs.event.connect(
+        lambda e: window.runs.stop() if isinstance(e, ev.Step) and e.step == 2 else None
+    )
+    try:
+        with qtbot.waitSignal(window.runs.ended, timeout=180_000) as ended:
+            assert window.pages["train"].start()
+        assert ended.args == ["cancelled"]
+        finished = log.of(ev.Finished)[0]
+        assert finished.status == "cancelled" and finished.step < 500
+        assert Path(finished.adapter_path, "adapter_model.safetensors").is_file()
+        assert RunFolder.open(finished.run_dir).status()["state"] == "cancelled"
+        assert window.run_label.text().startswith("Stopped")
+    finally:
+        close_window(window)
+
+
+def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_path):
+    config = tiny_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=6, save_steps=10)
+    window = make_window(qtbot, config)
+    page = window.pages["train"]
+    log = EventLog(window)
+    window.runs.event.connect(
+        lambda e: window.runs.pause() if isinstance(e, ev.Step) and e.step == 2 else None
+    )
+    try:
+        with qtbot.waitSignal(
+            window.runs.event,
+            timeout=180_000,
+            check_params_cb=lambda e: isinstance(e, ev.Paused) and e.paused,
+        ):
+            assert page.start()
+        held_at = log.of(ev.Paused)[0].step
+        assert window.state.run_state == "paused"
+        assert window.run_label.text().startswith("Paused")
+        assert page.pause_button.text() == "Resume"
+        assert window.state.shared_model.get("model") is not None  # free for chat while paused
+        with qtbot.waitSignal(window.runs.ended, timeout=180_000) as ended:
+            qtbot.mouseClick(page.pause_button, Qt.MouseButton.LeftButton)
+        assert ended.args == ["completed"]
+        assert log.steps() == [1, 2, 3, 4, 5, 6], f"held at {held_at}"
+        assert [e.paused for e in log.of(ev.Paused)] == [True, False]
+    finally:
+        close_window(window)
+
+
+def test_a_failing_run_shows_one_clear_message_and_leaves_the_app_usable(qtbot, tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    config = tiny_config(tiny_model_dir, bad, tmp_path / "runs")
+    window = make_window(qtbot, config)
+    page = window.pages["train"]
+    try:
+        with qtbot.waitSignal(window.runs.ended, timeout=120_000) as ended:
+            assert window.runs.start(config)  # past the page's checks: the engine itself refuses
+        assert ended.args == ["failed"]
+        text = page.messages.message()
+        assert "bad.jsonl" in text and "line 1" in text, text
+        assert "Traceback" not in text
+        assert window.state.run_state == "failed" and window.run_label.text().startswith("Failed")
+        assert page.start_button.isEnabled()
+    finally:
+        close_window(window)
+
+
+def test_closing_the_window_during_a_run_asks_then_stops_and_waits_for_the_adapter(
+    qtbot, tiny_model_dir, chat_file, tmp_path
+):
+    config = tiny_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=500, save_steps=400)
+    window = make_window(qtbot, config)
+    log = EventLog(window)
+    answers = [False, True]
+    asked: list[str] = []
+    window.confirm = lambda title, _text: asked.append(title) or answers.pop(0)
+    try:
+        with qtbot.waitSignal(
+            window.runs.event, timeout=180_000, check_params_cb=lambda e: isinstance(e, ev.Step)
+        ):
+            assert window.pages["train"].start()
+        assert not window.close()  # "no": the run goes on
+        assert window.isVisible() and window.runs.active
+        assert window.close()  # "yes": stop, wait for the adapter, then close
+        assert not window.runs.active and not window.isVisible()
+        assert asked == ["Stop training?", "Stop training?"]
+        finished = log.of(ev.Finished)[0]
+        assert finished.status == "cancelled" and Path(finished.adapter_path).is_dir()
+    finally:
+        close_window(window)
