@@ -10,7 +10,6 @@ own are never touched.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -22,26 +21,11 @@ SIZE = (1400, 900)
 
 
 def tiny_model(out: Path) -> Path:
-    """A 2-layer random llama with the bundled model's tokenizer (the tests' fixture, for speed)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    """A 2-layer random llama with the bundled model's tokenizer (the tests' model, for speed)."""
     from lora_studio.core.models import resolve_model
+    from lora_studio.tiny_models import make_tiny_model
 
-    tokenizer_dir = resolve_model("default").path
-    tok_cfg = json.loads((tokenizer_dir / "config.json").read_text())
-    config = AutoConfig.for_model(
-        "llama", vocab_size=tok_cfg["vocab_size"], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tok_cfg.get("bos_token_id"), eos_token_id=tok_cfg.get("eos_token_id"),
-        pad_token_id=tok_cfg.get("pad_token_id"),
-    )  # fmt: skip
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
-        if (tokenizer_dir / name).is_file():
-            shutil.copy(tokenizer_dir / name, out / name)
-    return out
+    return make_tiny_model(out, resolve_model("default").path)
 
 
 def train_run(model: str, steps: int, runs: Path) -> tuple[str, str]:
