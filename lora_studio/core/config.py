@@ -187,6 +187,11 @@ class DataSection(_Section):
         description="Pack several examples into one row without padding (examples never attend to "
         "each other). Faster on data with varied lengths; same memory per row.",
     )
+    group_by_length: bool = Field(
+        True,
+        description="Without packing: batch examples of similar length together, which cuts padding "
+        "(wasted compute) on data with varied lengths. Batches are slightly less random.",
+    )
     txt_split: Literal["paragraph", "line"] = Field(
         "paragraph",
         description="For .txt files: one document per blank-line-separated block, or per line.",

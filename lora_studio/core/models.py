@@ -285,6 +285,17 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
 def load_config(path: Path, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
+    if not trust_remote_code:
+        with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
+            raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            if raw.get("auto_map"):
+                files = sorted({str(v).split(".")[0] + ".py" for v in raw["auto_map"].values() if v})
+                raise ModelSourceError(
+                    f"{path}: this model ships its own Python code ({', '.join(files)}), which LoRA Studio "
+                    "does not run by default",
+                    hint="only if you trust its author, enable trust_remote_code for this model "
+                    "(--trust-remote-code); that code runs with your user's rights",
+                )
     try:
         with quiet_libraries():
             return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -109,7 +109,9 @@ def training_arguments(run: TrainingRun) -> TrainingArguments:
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
-        train_sampling_strategy="random" if cfg.data.packing else "group_by_length",
+        train_sampling_strategy="group_by_length"
+        if cfg.data.group_by_length and not cfg.data.packing
+        else "random",
         length_column_name="length",
         dataloader_num_workers=0,
         use_cpu=not on_cuda,

@@ -1,0 +1,74 @@
+"""Chat latency on the default model: streamed answers vs a plain ``model.generate`` of the same tokens.
+
+Time to first token, tokens/s, and the total-time ratio streamed/plain (target <= 1.05), greedy,
+interleaved repetitions.
+
+    python bench/chat_latency.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import median, print_table, write_results
+
+PROMPT = [{"role": "user", "content": "Explain in a few sentences what a LoRA adapter is."}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    from lora_studio.core.chat import ChatModel, Sampling
+
+    chat = ChatModel.load("default", dtype="fp32")
+    new_tokens = 32 if args.quick else 64
+    sampling = Sampling(greedy=True, max_new_tokens=new_tokens, repetition_penalty=1.0)
+    ids, _ = chat.render(PROMPT)
+    plain_times, stream_times, ttfts, counts = [], [], [], []
+    chat.answer(PROMPT, Sampling(greedy=True, max_new_tokens=4))  # warm-up
+    for _ in range(2 if args.quick else 4):
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = chat.model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                eos_token_id=chat.stop_ids,
+                pad_token_id=chat.tokenizer.pad_token_id,
+            )
+        plain_times.append(time.perf_counter() - start)
+        plain_count = out.shape[1] - len(ids)
+        start = time.perf_counter()
+        reply = chat.answer(PROMPT, sampling)
+        stream_times.append(time.perf_counter() - start)
+        ttfts.append(reply.first_token_s or float("nan"))
+        counts.append((plain_count, reply.new_tokens))
+    plain, streamed = median(plain_times), median(stream_times)
+    rows = [
+        {
+            "mode": "plain generate",
+            "seconds": plain,
+            "tokens": counts[0][0],
+            "tok/s": counts[0][0] / plain,
+            "first token s": float("nan"),
+        },
+        {
+            "mode": "streamed (ChatModel)",
+            "seconds": streamed,
+            "tokens": counts[0][1],
+            "tok/s": counts[0][1] / streamed,
+            "first token s": median(ttfts),
+        },
+    ]
+    print_table("Chat latency, SmolLM2-135M on CPU, greedy (median)", rows)
+    ratio = (streamed / counts[0][1]) / (plain / counts[0][0])
+    print(f"streamed/plain time per token: {ratio:.3f} (target <= 1.05)")
+    write_results("chat_latency", {"rows": rows, "ratio_per_token": ratio, "target": "<= 1.05"})
+
+
+if __name__ == "__main__":
+    main()

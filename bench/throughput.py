@@ -1,0 +1,136 @@
+"""Engine overhead: LoRA Studio's engine vs a plain transformers.Trainer + peft reference.
+
+Same model, tokenized data, LoRA config (r16 all-linear), batch and steps; the engine runs with
+all monitoring, events and run-folder writing on (logging every step). Target: engine >= 0.97x
+the reference in non-padding tokens/s. Repetitions are interleaved (reference, engine, ...).
+
+    python bench/throughput.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import (
+    WORK,
+    default_model_dir,
+    identity_like_data,
+    median,
+    print_table,
+    tiny_model_dir,
+    write_results,
+)
+
+
+def engine_run(model_dir, data_path, *, quantization, steps, batch_size, lora_r):
+    from lora_studio.core import events as ev
+    from lora_studio.core.config import RunConfig
+    from lora_studio.core.engine import train
+
+    config = RunConfig.from_dict(
+        {
+            "model": {
+                "source": str(model_dir),
+                "quantization": quantization,
+                "compute_dtype": "fp32",
+                "lean_kbit_prep": False,
+            },
+            "lora": {"r": lora_r, "alpha": 2 * lora_r},
+            "data": {"path": str(data_path), "max_seq_len": 256},
+            "training": {
+                "max_steps": steps,
+                "batch_size": batch_size,
+                "save_steps": 10_000,
+                "logging_steps": 1,
+                "sample_prompts": [],
+                "chunked_loss": False,
+            },
+            "output": {"runs_dir": str(WORK / "engine-runs")},
+        }
+    )
+    marks = {}
+
+    def listen(event):
+        if isinstance(event, ev.RunStarted):
+            marks["start"] = time.perf_counter()
+        elif isinstance(event, ev.Step) and event.step == steps:
+            marks["end"] = time.perf_counter()
+            marks["tokens"] = event.tokens_seen
+
+    train(config, listen)
+    return config, {"seconds": marks["end"] - marks["start"], "tokens": marks["tokens"]}
+
+
+def reference_run(model_dir, config, *, quantization, steps, batch_size, lora_r):
+    from reference_train import train_reference
+
+    from lora_studio.core.data import make_collator, prepare_dataset
+    from lora_studio.core.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    data = prepare_dataset(config.data, tokenizer, seed=42)
+    return train_reference(
+        str(model_dir),
+        data.train,
+        make_collator(tokenizer, packing=False),
+        quantization=quantization,
+        steps=steps,
+        batch_size=batch_size,
+        lora_r=lora_r,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repetitions")
+    args = parser.parse_args()
+    from lora_studio.core.models import quiet_library_defaults
+
+    quiet_library_defaults()
+    data = identity_like_data(128)
+    cases = [
+        (
+            "tiny (4 layers, hidden 256)",
+            tiny_model_dir(layers=4, hidden=256, intermediate=688, heads=4, kv_heads=2),
+            12 if args.quick else 30,
+            2 if args.quick else 3,
+        ),
+        ("SmolLM2-135M (default)", default_model_dir(), 3 if args.quick else 6, 1 if args.quick else 2),
+    ]
+    rows = []
+    for label, model_dir, steps, reps in cases:
+        for quant in ("none", "nf4"):
+            ref_times, eng_times, tokens = [], [], 0
+            for _ in range(reps):
+                config, eng = engine_run(
+                    model_dir, data, quantization=quant, steps=steps, batch_size=8, lora_r=16
+                )
+                ref = reference_run(
+                    model_dir, config, quantization=quant, steps=steps, batch_size=8, lora_r=16
+                )
+                eng_times.append(eng["seconds"])
+                ref_times.append(ref["seconds"])
+                tokens = eng["tokens"]
+            ref_tps, eng_tps = tokens / median(ref_times), tokens / median(eng_times)
+            rows.append(
+                {
+                    "model": label,
+                    "quant": quant,
+                    "steps": steps,
+                    "reps": reps,
+                    "reference tok/s": ref_tps,
+                    "engine tok/s": eng_tps,
+                    "ratio": eng_tps / ref_tps,
+                }
+            )
+            print_table("Engine vs plain Trainer + peft (non-padding tokens/s, median)", rows[-1:])
+    print_table(
+        "Engine vs plain Trainer + peft (non-padding tokens/s, median of interleaved repetitions)", rows
+    )
+    print("target: ratio >= 0.97")
+    write_results("throughput", {"rows": rows, "target": "engine/reference >= 0.97"})
+
+
+if __name__ == "__main__":
+    main()
