@@ -2,7 +2,9 @@
 
 Set ``LORA_STUDIO_FAULTS`` to a comma-separated list such as ``oom@3,nan@2,checkpoint_pause@4:30``
 (kind @ step [: seconds]) — or pass the same string to the engine — to raise an out-of-memory
-error, produce a NaN loss, or pause inside a checkpoint write at that step. Unset in normal use,
+error, produce a NaN loss, or pause inside a checkpoint write at that step. Exports understand
+``export_fail@N`` (an I/O error part-way through the N-th file or folder written, counting from 1)
+and ``low_disk`` (free space reported as a tenth of what the export needs). Unset in normal use,
 where every check is one dict lookup.
 """
 
@@ -11,7 +13,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-KINDS = ("oom", "nan", "error", "checkpoint_pause", "disk_full", "load_error", "data_error")
+KINDS = (
+    "oom",
+    "nan",
+    "error",
+    "checkpoint_pause",
+    "disk_full",
+    "load_error",
+    "data_error",
+    "export_fail",
+    "low_disk",
+)
 
 
 @dataclass(frozen=True)
