@@ -281,3 +281,25 @@ def test_a_dead_writer_reads_as_interrupted(tmp_path):
     status.update(pid=2**22 + 12345)  # no such process
     run.status_path.write_text(json.dumps(status))
     assert run.status()["state"] == "interrupted"
+
+
+def test_pissa_adapter_is_converted_for_the_unmodified_base(tiny_model_dir, chat_file, tmp_path):
+    """PiSSA changes the base weights in memory; the saved adapter must work on the original base."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lora_studio.core.engine import TrainingRun
+
+    config = make_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=2, sample_prompts=[])
+    run = TrainingRun(config.with_overrides({"lora.init": "pissa"}), None)
+    result = run.run()
+    ids = torch.randint(0, 49152, (1, 16))
+    run.model.eval()
+    with torch.no_grad():
+        trained = run.model(input_ids=ids).logits
+        reloaded = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.adapter_path
+        )
+        reloaded.eval()
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained, rtol=1e-4, atol=1e-4)

@@ -228,6 +228,10 @@ class TrainingRun:
 
         set_seed(cfg.training.seed)  # adapter initialisation is part of the run: same seed, same run
         self.model = wrap_with_lora(model, cfg)
+        if self._converts_initial_weights and self.world.is_main and not self._initial_adapter.exists():
+            # PiSSA/OLoRA change the base weights; keep the starting adapter so the final one can be
+            # converted back into a plain LoRA for the unmodified base (export, chat, sharing)
+            self.model.save_pretrained(self._initial_adapter)
         self.model.config.use_cache = False  # a KV cache breaks padding-free packing (DESIGN.md §2)
         self.shared_model.update(model=self.model, tokenizer=self.tokenizer, lock=self.lock)
 
@@ -248,6 +252,15 @@ class TrainingRun:
 
     # -- finishing --------------------------------------------------------------------------
 
+    @property
+    def _converts_initial_weights(self) -> bool:
+        return self.config.lora.init in ("pissa", "olora")
+
+    @property
+    def _initial_adapter(self) -> Path:
+        assert self.folder is not None
+        return self.folder.path / "initial_adapter"
+
     def _save_adapter(self) -> Path | None:
         if self.model is None or self.folder is None:
             return None
@@ -256,7 +269,14 @@ class TrainingRun:
         self.emit(ev.Phase("saving adapter", str(self.folder.adapter_dir)))
         staging = self.folder.path / ".adapter.staging"
         shutil.rmtree(staging, ignore_errors=True)
-        self.model.save_pretrained(staging)
+        if self._converts_initial_weights and self._initial_adapter.exists():
+            work = self.folder.path / "initial_adapter_conversion"  # peft loads it by folder name
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(self._initial_adapter, work)
+            self.model.save_pretrained(staging, path_initial_model_for_weight_conversion=str(work))
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            self.model.save_pretrained(staging)
         self.tokenizer.save_pretrained(staging)
         replace_dir(staging, self.folder.adapter_dir)
         return self.folder.adapter_dir
