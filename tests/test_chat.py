@@ -25,9 +25,7 @@ def save_adapter(model_dir, out, *, zero: bool):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     peft_model = get_peft_model(
         model,
-        LoraConfig(
-            r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=zero
-        ),
+        LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=zero),
     )
     peft_model.save_pretrained(out)
     return out
