@@ -65,6 +65,17 @@ def tokenizer_for(source: str, *, trust_remote_code: bool = False) -> Any:
         return _TOKENIZERS[key]
 
 
+def cached_hub_models() -> list[str]:
+    """Hub ids of models already in the local Hugging Face cache (LoRA Studio never downloads)."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir()
+    except Exception:  # no cache folder yet, or an unreadable one: nothing to offer
+        return []
+    return sorted(repo.repo_id for repo in info.repos if repo.repo_type == "model")
+
+
 def device_summary() -> Any:
     from lora_studio.core.monitor import device_summary as summary
 

@@ -86,10 +86,13 @@ class RunController(QObject):
         if self.worker is None:
             return True
         loop = QEventLoop()
+        timer = QTimer(loop)
+        timer.setSingleShot(True)
+        timer.timeout.connect(loop.quit)
         self.ended.connect(loop.quit)
-        QTimer.singleShot(timeout_ms, loop.quit)
-        if self.worker is not None:
-            loop.exec()
+        timer.start(timeout_ms)
+        loop.exec()
+        timer.stop()
         self.ended.disconnect(loop.quit)
         return self.worker is None
 

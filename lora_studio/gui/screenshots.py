@@ -1,10 +1,10 @@
 """Render every page of the app to PNG files: ``python -m lora_studio.gui.screenshots OUTDIR``.
 
 Used for the README and for review: it trains a short run first (a tiny random model by default, in
-seconds; ``--model default --steps 30`` for the real bundled model, a few minutes on a CPU), loads
-that finished run into the Train page, waits until every background task has answered, and saves
-``<page>.png`` for each page at 1400×900. Settings and runs go to a temporary folder, so the user's
-own are never touched.
+seconds; ``--model default --steps 30`` for the real bundled model, minutes on a CPU; or ``--run
+RUN_DIR`` shows an existing run), loads that run into the Train page, waits until every background
+task has answered, and saves ``<page>.png`` for each page at 1400×900. Settings and new runs go to a
+temporary folder, so the user's own are never touched.
 """
 
 from __future__ import annotations
@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=24, help="training steps of the run shown")
     parser.add_argument("--theme", default="light", choices=["light", "dark"])
     parser.add_argument("--no-run", action="store_true", help="skip training (the Train page stays empty)")
+    parser.add_argument(
+        "--run", type=Path, metavar="RUN_DIR", help="show this existing run instead of training"
+    )
     args = parser.parse_args(argv)
     if "DISPLAY" not in os.environ and "WAYLAND_DISPLAY" not in os.environ:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -110,9 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = args.model
         run_dir = None
-        if model == "tiny":
+        if args.run:
+            from lora_studio.core.config import RunConfig
+
+            run_dir, model = str(args.run), RunConfig.load(args.run / "config.toml").model.source
+        elif model == "tiny":
             model = str(tiny_model(work / "tiny-llama"))
-        if not args.no_run:
+        if not args.no_run and not args.run:
             run_dir, model = train_run(model, args.steps, work / "runs")
         for path in render(args.outdir, run_dir, model, args.theme):
             print(path)

@@ -71,6 +71,8 @@ class ModelPage(Page):
     def __init__(self, state: Any, runs: Any, parent: QWidget | None = None) -> None:
         super().__init__(state, runs, parent)
         self.info_task = BackgroundTask(self)
+        self.hub_task = BackgroundTask(self)
+        self.hub_models: list[str] = []
         self.memory = MemoryPanel(state)
         self.targets = TargetModules(state)
         splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -84,6 +86,7 @@ class ModelPage(Page):
         self.content.addWidget(splitter, 1)
         state.config_changed.connect(self._on_config)
         self.refresh_model()
+        self.hub_task.request(lambda _cancel: jobs.cached_hub_models(), self._on_hub_models)
 
     # -- cards ----------------------------------------------------------------------------------
 
@@ -183,14 +186,21 @@ class ModelPage(Page):
     # -- the model source -----------------------------------------------------------------------
 
     def _fill_sources(self) -> None:
+        """Default, the current choice, and the models in the local Hugging Face cache."""
         self.source.blockSignals(True)
         self.source.clear()
         self.source.addItem(f"Default — {DEFAULT_MODEL_NAME} (bundled)", "default")
         current = self.state.config.model.source
-        if current != "default":
+        if current != "default" and current not in self.hub_models:
             self.source.addItem(_short(current), current)
-            self.source.setCurrentIndex(1)
+        for hub_id in self.hub_models:
+            self.source.addItem(f"{hub_id} (Hugging Face cache)", hub_id)
+        self.source.setCurrentIndex(max(0, self.source.findData(current)))
         self.source.blockSignals(False)
+
+    def _on_hub_models(self, hub_models: list[str]) -> None:
+        self.hub_models = hub_models
+        self._fill_sources()
 
     def _source_chosen(self, index: int) -> None:
         self.state.set_value("model.source", self.source.itemData(index))

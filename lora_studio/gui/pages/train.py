@@ -70,7 +70,7 @@ class TrainPage(Page):
         right.setObjectName("trainRightSplitter")
         right.addWidget(self.plots)
         right.addWidget(tabs)
-        right.setSizes([560, 180])
+        right.setSizes([540, 210])
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.setObjectName("trainSplitter")
         splitter.setChildrenCollapsible(False)
@@ -270,7 +270,20 @@ class TrainPage(Page):
         for (stage, at), samples in groups.items():
             self.samples.add(stage, at, samples)
         self.log.clear()
-        self.log.add(f"Showing run {folder.run_id}: {status.get('state')} at step {step}")
+        self.log.add(f"Showing run {folder.run_id}: {status.get('state')} at step {step} of {total}")
+        summary = folder.summary()
+        if summary.get("final_loss") is not None:
+            evals = summary.get("final_eval_loss")
+            self.log.add(
+                f"Final loss {summary['final_loss']:.4f}"
+                + (f", eval loss {evals:.4f}" if evals is not None else "")
+            )
+        if status.get("error"):
+            self.log.add(f"Error: {status['error']}")
+        if folder.adapter_dir.is_dir():
+            self.log.add(f"Adapter: {folder.adapter_dir}")
+        if self.samples.batches:
+            self.tabs.setCurrentWidget(self.samples)  # what the run changed, at a glance
 
     def apply_theme(self, theme: Any) -> None:
         self.plots.apply_theme(theme)

@@ -148,7 +148,8 @@ class LengthHistogram(LivePlot):
         self.title_text = f"Example lengths — maximum {max_seq_len} tokens{cut}"
         self.getPlotItem().setTitle(self.title_text, color=self._fg, size="10pt")
         right = max(longest, max_seq_len if near else 0) * 1.05 or 1
-        self.setXRange(min(edges[0], 0) if edges else 0, right, padding=0)
+        left = max(0, edges[0] - (edges[1] - edges[0])) if len(edges) > 1 else 0
+        self.setXRange(left, right, padding=0)
         self.setYRange(0, max(counts or [1]) * 1.12, padding=0)
 
     def apply_theme(self, theme: Any) -> None:

@@ -1,4 +1,5 @@
-"""Sample generations as they arrive: each prompt with its answer before and after training."""
+"""Sample generations as they arrive: each prompt with its answers before and after training (and at
+any other stage the engine reports), the latest one in full colour."""
 
 from __future__ import annotations
 
@@ -33,17 +34,22 @@ class SamplesView(QTextBrowser):
         self._render()
 
     def _render(self) -> None:
-        parts = []
+        """One block per prompt with each stage's answer under it: the change reads at a glance."""
+        prompts: dict[str, list[tuple[str, int, str]]] = {}
         for stage, step, samples in self.batches:
-            title = _STAGES.get(stage, stage.capitalize())
-            parts.append(
-                f"<h4 style='margin-bottom:2px'>{title} <span style='color:{self.muted}; "
-                f"font-weight:normal'>(step {step})</span></h4>"
-            )
             for prompt, answer in samples:
+                prompts.setdefault(prompt, []).append((stage, step, answer))
+        parts = []
+        for prompt, answers in prompts.items():
+            parts.append(f"<p style='margin:4px 0 2px 0'><b>{html.escape(prompt)}</b></p>")
+            for i, (stage, step, answer) in enumerate(answers):
+                latest = i == len(answers) - 1
+                colour = "" if latest else f"color:{self.muted};"
+                label = f"{_STAGES.get(stage, stage.capitalize())} (step {step})"
+                text = html.escape(answer) or "<i>(empty answer)</i>"
                 parts.append(
-                    f"<p style='margin:2px 0 8px 0'><span style='color:{self.muted}'>Q: {html.escape(prompt)}"
-                    f"</span><br>A: {html.escape(answer) or '<i>(empty answer)</i>'}</p>"
+                    f"<p style='margin:0 0 2px 12px; {colour}'><span style='color:{self.muted}'>{label}:</span> "
+                    f"{text}</p>"
                 )
         self.setHtml("".join(parts))
 

@@ -38,7 +38,6 @@ class TrainingPlots(QWidget):
         self.memory.add_hline("estimate", "Estimate", s["mem_estimate"])
         self.lr = LivePlot("Learning rate", "Learning rate")
         self.lr.add_series("lr", "Learning rate", s["learning_rate"])
-        self.lr.getPlotItem().getAxis("left").enableAutoSIPrefix(True)
         self.grad = LivePlot("Gradient norm", "Norm (before clipping)")
         self.grad.add_series("grad_norm", "Gradient norm", s["grad_norm"])
         self.speed = LivePlot("Speed", "Tokens per second")
