@@ -307,10 +307,10 @@ class TrainingSection(_Section):
             problems.append(("warmup_steps", "must not be negative"))
         if not 0.0 <= self.warmup_ratio < 1.0:
             problems.append(("warmup_ratio", "must be in [0, 1)"))
-        if self.weight_decay < 0:
-            problems.append(("weight_decay", "must not be negative"))
-        if self.max_grad_norm < 0:
-            problems.append(("max_grad_norm", "must not be negative"))
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            problems.append(("weight_decay", "must be a number, 0 or more"))
+        if not (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm)):
+            problems.append(("max_grad_norm", "must be a number, 0 or more (0 disables clipping)"))
         if self.save_total_limit < 1:
             problems.append(("save_total_limit", "must be at least 1"))
         if self.sample_max_new_tokens < 1:
