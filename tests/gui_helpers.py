@@ -54,6 +54,7 @@ def make_window(qtbot, config: RunConfig):
     from lora_studio.gui.state import AppState
 
     window = MainWindow(state=AppState(config))
+    window.build_all_pages()  # as the app does once the window is on screen
     window.confirm = lambda _title, _text: True
     qtbot.addWidget(window)
     window.resize(1400, 900)

@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 from lora_studio.core.config import RunConfig
 from lora_studio.core.errors import LoraStudioError
 from lora_studio.gui import icons, jobs, theme, workers
-from lora_studio.gui.pages import Page, page_classes
+from lora_studio.gui.pages import Page, Pages, page_classes
 from lora_studio.gui.pages.train import PAUSE_KEYS, START_KEYS, STOP_KEYS
 from lora_studio.gui.run_controller import RunController
 from lora_studio.gui.state import AppState
@@ -86,8 +86,8 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_NAME)
         self.setAcceptDrops(True)
         self.theme_mode = str(self.store.value("theme", "system"))
-        self.pages: dict[str, Page] = {}
         self.stack = QStackedWidget()
+        self.pages = Pages(page_classes(), self._make_page)
         self.rail = QFrame()
         self.rail.setObjectName("navRail")
         self.nav = QButtonGroup(self)
@@ -96,11 +96,7 @@ class MainWindow(QMainWindow):
         rail = QVBoxLayout(self.rail)
         rail.setContentsMargins(6, 12, 6, 10)
         rail.setSpacing(4)
-        for page_class in page_classes():
-            page = page_class(self.state, self.runs)
-            page.navigate.connect(self.show_page)
-            self.pages[page.key] = page
-            self.stack.addWidget(page)
+        for number, page in enumerate(self.pages.classes.values(), start=1):
             button = QToolButton()
             button.setObjectName("navButton")
             button.setText(page.title)
@@ -108,7 +104,7 @@ class MainWindow(QMainWindow):
             button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextUnderIcon)
             button.setIconSize(icons.ICON_SIZE)
             button.setFixedWidth(76)
-            button.setToolTip(f"{page.summary} (Ctrl+{len(self.nav_buttons) + 1})")
+            button.setToolTip(f"{page.summary} (Ctrl+{number})")
             button.clicked.connect(lambda _=False, key=page.key: self.show_page(key))
             self.nav.addButton(button)
             self.nav_buttons[page.key] = button
@@ -161,7 +157,7 @@ class MainWindow(QMainWindow):
 
     def _build_actions(self) -> None:
         go = self.menuBar().addMenu("&Go")
-        for number, (key, page) in enumerate(self.pages.items(), start=1):
+        for number, (key, page) in enumerate(self.pages.classes.items(), start=1):
             action = QAction(page.title, self)
             action.setShortcut(QKeySequence(f"Ctrl+{number}"))
             action.triggered.connect(lambda _=False, k=key: self.show_page(k))
@@ -190,10 +186,26 @@ class MainWindow(QMainWindow):
             view.addAction(action)
             self.theme_actions[mode] = action
 
+    def _make_page(self, page_class: type[Page]) -> Page:
+        page = page_class(self.state, self.runs)
+        page.navigate.connect(self.show_page)
+        self.stack.addWidget(page)
+        for splitter in page.findChildren(QSplitter):
+            saved = self.store.value(f"splitters/{splitter.objectName()}")
+            if splitter.objectName() and isinstance(saved, QByteArray | bytes):
+                splitter.restoreState(saved)
+        if self.state.theme is not None:
+            page.apply_theme(self.state.theme)
+        return page
+
+    def build_all_pages(self) -> None:
+        """Build the pages not shown yet (called once the window is on screen)."""
+        self.pages.build_all()
+
     def show_page(self, key: str) -> None:
-        page = self.pages.get(key)
-        if page is None:
+        if key not in self.pages:
             return
+        page = self.pages[key]
         self.stack.setCurrentWidget(page)
         self.nav_buttons[key].setChecked(True)
         page.page_shown()
@@ -211,7 +223,7 @@ class MainWindow(QMainWindow):
         if isinstance(app, QApplication):
             theme.apply(app, chosen)
         for key, button in self.nav_buttons.items():
-            button.setIcon(icons.icon(self.pages[key].icon, chosen.muted, chosen.accent))
+            button.setIcon(icons.icon(self.pages.classes[key].icon, chosen.muted, chosen.accent))
         self.theme_button.setIcon(icons.icon("theme", chosen.muted))
         if self.theme_mode in self.theme_actions:
             self.theme_actions[self.theme_mode].setChecked(True)
@@ -312,10 +324,6 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         else:
             self.resize(1360, 860)
-        for splitter in self.findChildren(QSplitter):
-            saved = self.store.value(f"splitters/{splitter.objectName()}")
-            if splitter.objectName() and isinstance(saved, QByteArray | bytes):
-                splitter.restoreState(saved)
         page = str(self.store.value("page", ""))
         self.show_page(page if page in self.pages else next(iter(self.pages)))
 
@@ -401,6 +409,7 @@ def main(config_path: str | None = None, *, open_path: str | None = None, startu
             window.save_settings = lambda: None  # type: ignore[method-assign]
             app.quit()
             return
+        window.build_all_pages()
         workers.release_background()
 
     QTimer.singleShot(0, shown)

@@ -12,6 +12,7 @@ from typing import Any
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
+    QDialog,
     QFileDialog,
     QGridLayout,
     QHBoxLayout,
@@ -26,7 +27,6 @@ from lora_studio.core.data_formats import FIELDS
 from lora_studio.gui import jobs
 from lora_studio.gui.pages import Page
 from lora_studio.gui.pages.model import scroll
-from lora_studio.gui.widgets.data_views import LengthHistogram, PreviewView, ProblemList, RecordDialog
 from lora_studio.gui.widgets.forms import Card, Foldable, Form
 from lora_studio.gui.workers import BackgroundTask
 
@@ -47,6 +47,9 @@ class DataPage(Page):
 
     def __init__(self, state: Any, runs: Any, parent: QWidget | None = None) -> None:
         super().__init__(state, runs, parent)
+        from lora_studio.gui.widgets import data_views  # pyqtgraph: imported when the page is built
+
+        self.views = data_views
         self.task = BackgroundTask(self, delay_ms=DEBOUNCE_MS)
         self.task.busy_changed.connect(self._busy)
         self.overview: jobs.DataOverview | None = None
@@ -147,7 +150,7 @@ class DataPage(Page):
             grid.addWidget(value, i, 1)
             self.numbers[key] = value
         grid.setRowStretch(len(names), 1)
-        self.histogram = LengthHistogram()
+        self.histogram = self.views.LengthHistogram()
         row = QHBoxLayout()
         row.addLayout(grid)
         row.addWidget(self.histogram, 1)
@@ -156,13 +159,13 @@ class DataPage(Page):
 
     def _preview_card(self) -> Card:
         card = Card("Preview — what the model sees")
-        self.preview = PreviewView()
+        self.preview = self.views.PreviewView()
         card.add(self.preview, 1)
         return card
 
     def _problems_card(self) -> Card:
         card = Card("Problems")
-        self.problems = ProblemList()
+        self.problems = self.views.ProblemList()
         self.problems.record_requested.connect(self.show_record)
         self.problems_empty = QLabel("No problems found.")
         self.problems_empty.setObjectName("muted")
@@ -292,10 +295,10 @@ class DataPage(Page):
         if path:
             self.state.set_value("data.path", path)
 
-    def show_record(self, error: Any) -> RecordDialog | None:
+    def show_record(self, error: Any) -> QDialog | None:
         if error is None:
             return None
-        dialog = RecordDialog(error, jobs.record_context(error), self)
+        dialog = self.views.RecordDialog(error, jobs.record_context(error), self)
         dialog.open()
         return dialog
 

@@ -31,7 +31,6 @@ from lora_studio.gui.pages.train_form import build_form
 from lora_studio.gui.widgets.forms import Card
 from lora_studio.gui.widgets.log_view import LogView
 from lora_studio.gui.widgets.samples_view import SamplesView
-from lora_studio.gui.widgets.training_plots import TrainingPlots
 
 START_KEYS = "Ctrl+Return"
 PAUSE_KEYS = "Ctrl+Shift+P"
@@ -56,6 +55,8 @@ class TrainPage(Page):
 
     def __init__(self, state: Any, runs: Any, parent: QWidget | None = None) -> None:
         super().__init__(state, runs, parent)
+        from lora_studio.gui.widgets.training_plots import TrainingPlots  # pyqtgraph: only when built
+
         self.content.addWidget(self._controls())
         self.form = scroll(*build_form(state))
         self.form.setMinimumWidth(340)
