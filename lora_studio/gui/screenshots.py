@@ -63,6 +63,26 @@ def wait_idle(app: object, window: object, timeout_s: float = 180) -> None:
     print("warning: background tasks still busy; screenshots may be incomplete", file=sys.stderr)
 
 
+def chat_and_export(app: object, window: object, run_dir: str) -> None:
+    """A finished side-by-side exchange on the Chat page and a verified export of the run's adapter."""
+    chat, export = window.pages["chat"], window.pages["export"]  # type: ignore[attr-defined]
+    chat.greedy.setChecked(True)
+    chat.max_tokens.setValue(40)
+    chat.picker.select("folder", run_dir)
+    wait_idle(app, window)
+    chat.side_by_side.setChecked(True)
+    chat.prompt.setPlainText("Who are you?")
+    chat.send()
+    wait_idle(app, window)
+    export.picker.select("folder", run_dir)
+    export.out_dir.setText(str(Path(os.environ["LORA_STUDIO_RUNS_DIR"]).parent / "export"))
+    for fmt, box in export.format_boxes.items():
+        box.setChecked(fmt in ("adapter", "merged", "gguf", "modelfile"))
+    wait_idle(app, window)
+    export.start()
+    wait_idle(app, window, timeout_s=900)
+
+
 def render(outdir: Path, run_dir: str | None, model: str, theme: str) -> list[Path]:
     from lora_studio.core.config import RunConfig
     from lora_studio.gui.app import MainWindow, create_app, settings
@@ -77,6 +97,8 @@ def render(outdir: Path, run_dir: str | None, model: str, theme: str) -> list[Pa
     wait_idle(app, window)
     if run_dir:
         window.pages["train"].show_run(run_dir)  # type: ignore[attr-defined]
+        if "chat" in window.pages and "export" in window.pages:
+            chat_and_export(app, window, run_dir)
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     for key in window.pages:
