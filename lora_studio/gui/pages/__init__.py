@@ -10,6 +10,7 @@ listed: nothing in the window shows a feature that is not real.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from PySide6.QtCore import Signal
@@ -72,3 +73,34 @@ def page_classes() -> list[type[Page]]:
         module = importlib.import_module(f"lora_studio.gui.pages.{name}")
         classes.append(module.PAGE)
     return classes
+
+
+class Pages(Mapping[str, Page]):
+    """Every page by key, in rail order; each is built the first time it is asked for.
+
+    The window builds the visible page before it is shown and the others just after, so start-up
+    does not pay for widgets (and libraries, such as pyqtgraph) that are not on screen yet.
+    """
+
+    def __init__(self, classes: list[type[Page]], build: Callable[[type[Page]], Page]) -> None:
+        self.classes = {cls.key: cls for cls in classes}
+        self._build = build
+        self._built: dict[str, Page] = {}
+
+    def __getitem__(self, key: str) -> Page:
+        if key not in self._built:
+            self._built[key] = self._build(self.classes[key])
+        return self._built[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def built(self) -> list[Page]:
+        return list(self._built.values())
+
+    def build_all(self) -> None:
+        for key in self.classes:
+            self.__getitem__(key)
