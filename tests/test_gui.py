@@ -33,7 +33,7 @@ def window(qtbot, tiny_model_dir, tmp_path):
 
 
 def test_the_window_opens_with_every_page_and_navigates_by_keyboard(qtbot, window):
-    assert list(window.pages) == PAGES and PAGES[:5] == ["model", "data", "train", "chat", "export"]
+    assert list(window.pages) == PAGES and PAGES[:3] == ["model", "data", "train"] and PAGES[-1] == "runs"
     for key, page in window.pages.items():
         assert page.title and page.summary.endswith(".")
         window.show_page(key)

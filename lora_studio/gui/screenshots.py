@@ -43,6 +43,53 @@ def train_run(model: str, steps: int, runs: Path) -> tuple[str, str]:
     return str(result.run_dir), model
 
 
+def comparison_runs(runs: Path, steps: int = 60) -> list[str]:
+    """Three finished runs that differ in learning rate and LoRA rank, with plausible curves (for
+    the Runs page's comparison; written directly, no training)."""
+    import math
+    import random
+
+    from lora_studio.core.config import RunConfig
+    from lora_studio.core.runs import RunFolder
+
+    rng = random.Random(7)
+    ids = []
+    for name, lr, rank, floor, mem_gb in (
+        ("lr1e-4-r8", 1e-4, 8, 1.35, 5.1),
+        ("lr2e-4-r16", 2e-4, 16, 1.12, 5.4),
+        ("lr5e-4-r32", 5e-4, 32, 0.98, 6.0),
+    ):
+        config = RunConfig().with_overrides({
+            "output.runs_dir": str(runs), "output.run_name": name, "training.learning_rate": lr,
+            "lora.r": rank, "lora.alpha": 2 * rank, "training.max_steps": steps,
+        })  # fmt: skip
+        run = RunFolder.create(config, runs)
+        tau = 18 * 1e-4 / lr + 6
+        for step in range(1, steps + 1):
+            loss = floor + 1.6 * math.exp(-step / tau) + rng.gauss(0, 0.05)
+            mem = {
+                "cuda_allocated": mem_gb * 0.8 * 2**30,
+                "cuda_peak": (mem_gb - 0.4 * math.exp(-step / 3)) * 2**30,
+            }
+            run.append_metrics({"step": step, "loss": round(loss, 4), "tokens_seen": step * 4096, "mem": mem})
+            if step % 15 == 0:
+                run.append_metrics(
+                    {"step": step, "eval_loss": round(floor + 0.12 + 1.6 * math.exp(-step / tau), 4)}
+                )
+        for prompt, answers in (
+            ("What is LoRA?", ("A way to train.", "Low-rank adapters added to a frozen model.", "Low-rank adapter matrices trained beside frozen weights.")),
+            ("Name a planet.", ("Planet.", "Mars.", "Mars, the red planet.")),
+        ):  # fmt: skip
+            answer = answers[[8, 16, 32].index(rank)]
+            run.append_sample({"step": steps, "stage": "after", "prompt": prompt, "answer": answer})
+        started = run.status()["started_at"]
+        run.write_status(
+            "completed", step=steps, total_steps=steps, finished_at=started + 240 + 60 * rank / 8
+        )
+        ids.append(run.run_id)
+    return ids
+
+
 def wait_idle(app: object, window: object, timeout_s: float = 180) -> None:
     """Process events until no background task is busy and no worker thread is alive."""
     from lora_studio.gui import workers
@@ -99,6 +146,15 @@ def render(outdir: Path, run_dir: str | None, model: str, theme: str) -> list[Pa
         window.pages["train"].show_run(run_dir)  # type: ignore[attr-defined]
         if "chat" in window.pages and "export" in window.pages:
             chat_and_export(app, window, run_dir)
+    if "runs" in window.pages:
+        runs_page = window.pages["runs"]
+        shots_runs = Path(os.environ["LORA_STUDIO_RUNS_DIR"])  # main()'s temporary folder, never the user's
+        window.state.replace(window.state.config.with_overrides({"output.runs_dir": str(shots_runs)}))
+        compared = comparison_runs(shots_runs)
+        runs_page.refresh()  # type: ignore[attr-defined]
+        wait_idle(app, window)
+        runs_page.select(compared)  # type: ignore[attr-defined]
+        wait_idle(app, window)
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     for key in window.pages:
@@ -111,6 +167,9 @@ def render(outdir: Path, run_dir: str | None, model: str, theme: str) -> list[Pa
         written.append(path)
     window.save_settings = lambda: None  # type: ignore[method-assign]
     window.close()
+    from lora_studio.gui import workers
+
+    workers.wait_all(30_000)  # a last background read (e.g. of the runs folder) must not outlive the app
     return written
 
 

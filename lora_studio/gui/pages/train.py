@@ -9,6 +9,7 @@ be shown again from its folder (:meth:`TrainPage.show_run`) with the same widget
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer
@@ -24,6 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from lora_studio.core import events as ev
+from lora_studio.core.errors import LoraStudioError
 from lora_studio.core.runs import RunFolder
 from lora_studio.gui.pages import Page
 from lora_studio.gui.pages.model import scroll
@@ -106,6 +108,11 @@ class TrainPage(Page):
             f"Stop after the current step, saving the adapter and a resumable checkpoint ({STOP_KEYS})."
         )
         self.stop_button.clicked.connect(self.runs.stop)
+        self.export_button = QPushButton("Export as command…")
+        self.export_button.setToolTip(
+            "Write these settings with an accelerate command and a Slurm script, to train on several GPUs."
+        )
+        self.export_button.clicked.connect(lambda: self.export_command())
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -120,6 +127,7 @@ class TrainPage(Page):
         row.addWidget(self.start_button)
         row.addWidget(self.pause_button)
         row.addWidget(self.stop_button)
+        row.addWidget(self.export_button)
         row.addSpacing(12)
         column = QVBoxLayout()
         column.setSpacing(2)
@@ -243,6 +251,42 @@ class TrainPage(Page):
             self.timing.setText(f"Elapsed {duration(elapsed)} · Paused")
             return
         self.timing.setText(f"Elapsed {duration(elapsed)} · Remaining {duration(remaining)}")
+
+    def export_command(
+        self, folder: str | None = None, gpus_per_machine: int | None = None, machines: int = 1
+    ) -> Any:
+        """Write run.toml, launch.sh and slurm.sbatch to a folder and show the accelerate command."""
+        from PySide6.QtWidgets import QFileDialog, QInputDialog
+
+        from lora_studio.core.launch import write_launch_bundle
+
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Folder for the launch files")
+            if not folder:
+                return None
+        if gpus_per_machine is None:
+            gpus_per_machine, ok = QInputDialog.getInt(
+                self, "Export as command", "GPUs per machine:", 2, 1, 64
+            )
+            if not ok:
+                return None
+            machines, ok = QInputDialog.getInt(self, "Export as command", "Machines:", 1, 1, 512)
+            if not ok:
+                return None
+        try:
+            bundle = write_launch_bundle(
+                self.state.config, Path(folder), gpus_per_machine=gpus_per_machine, machines=machines
+            )
+        except (OSError, LoraStudioError) as exc:
+            self.messages.show_error(exc)
+            return None
+        self.messages.show_message(
+            "info",
+            "Launch files written",
+            bundle.command,
+            f"in {folder}: run `bash launch.sh` there, or `sbatch slurm.sbatch` on a Slurm cluster",
+        )
+        return bundle
 
     # -- showing a finished run -----------------------------------------------------------------
 
