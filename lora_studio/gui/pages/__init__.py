@@ -21,7 +21,7 @@ from lora_studio.gui.state import AppState
 from lora_studio.gui.widgets.messages import MessageBar
 
 #: Navigation order (DESIGN.md §7: Model → Data → Train → Chat → Export → Runs).
-PAGES = ["model", "data", "train", "chat", "export"]
+PAGES = ["model", "data", "train", "chat", "export", "runs"]
 
 
 class Page(QWidget):
