@@ -17,7 +17,18 @@ from collections.abc import Sequence
 from lora_studio import __version__
 from lora_studio.core.errors import CancelledError, ConfigError, LoraStudioError
 
-COMMANDS = ["info", "train", "chat", "inspect-data", "export", "runs", "doctor", "gui", "evaluate"]
+COMMANDS = [
+    "info",
+    "estimate",
+    "train",
+    "chat",
+    "inspect-data",
+    "export",
+    "runs",
+    "doctor",
+    "gui",
+    "evaluate",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,253 @@
+"""``lora-studio estimate``: will this run fit my GPU? — without loading the model.
+
+Prints the memory breakdown as an aligned table (GB = 2^30 bytes, as GPU specs and nvidia-smi
+count), the verdict and advice; ``--json`` prints the estimate as one JSON object; ``--precise``
+also simulates a training step on fake tensors (seconds to minutes, see ``core/estimate_precise``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lora_studio.core.estimate import (
+    COMPUTE_DTYPES,
+    DEVICES,
+    OPTIMIZERS,
+    QUANTIZATIONS,
+    EstimateRequest,
+    MemoryEstimate,
+    estimate_memory,
+)
+
+GIB = 2**30
+ROWS = (
+    ("weights_quantized", "Quantized weights"),
+    ("weights_unquantized", "Other weights"),
+    ("lora_weights", "LoRA weights"),
+    ("gradients", "Gradients"),
+    ("optimizer", "Optimizer states"),
+    ("activations", "Activations"),
+    ("logits", "Logits and loss"),
+    ("temporaries", "Temporaries"),
+    ("overhead", "Overhead"),
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "estimate",
+        help="estimate the GPU memory of a LoRA/QLoRA run, with advice when it does not fit",
+        description="Estimate training memory from the model's config alone (no weights are read). "
+        "Models: 'default', a model folder, a config.json, a cached hub id, or catalog:<name> "
+        "(see --list-models).",
+    )
+    parser.add_argument("--model", required=False, default=None, help="model string or catalog:<name>")
+    parser.add_argument(
+        "--quant", default="none", help=f"base weights: {', '.join(QUANTIZATIONS)} (default none)"
+    )
+    parser.add_argument(
+        "--double-quant", action="store_true", help="4-bit only: quantize the quantization scales"
+    )
+    parser.add_argument(
+        "--dtype", default="auto", help=f"compute dtype: {', '.join(COMPUTE_DTYPES)} (default auto)"
+    )
+    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
+    parser.add_argument(
+        "--targets",
+        default="all-linear",
+        help="'all-linear' or comma-separated module names, e.g. q_proj,v_proj",
+    )
+    parser.add_argument("--dora", action="store_true", help="DoRA adapters")
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
+    parser.add_argument("--batch-size", type=int, default=1, help="examples per step (default 1)")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per example (default 512)")
+    parser.add_argument(
+        "--grad-accum", type=int, default=1, help="gradient accumulation steps (no memory cost)"
+    )
+    parser.add_argument(
+        "--optimizer", default="adamw_torch", help=f"{', '.join(OPTIMIZERS)} (default adamw_torch)"
+    )
+    parser.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
+    parser.add_argument("--packing", action="store_true", help="packed rows (builds an attention mask)")
+    parser.add_argument("--device", default="cuda", help=f"{', '.join(DEVICES)} (default cuda)")
+    limit = parser.add_mutually_exclusive_group()
+    limit.add_argument("--gpu", help="a GPU from the catalog, e.g. 'RTX 3060' (see --list-gpus)")
+    limit.add_argument("--vram", type=float, help="device memory in GB (2^30 bytes)")
+    parser.add_argument("--precise", action="store_true", help="also simulate one training step (slower)")
+    parser.add_argument("--layers", type=int, default=None, help="--precise: decoder layers to simulate")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--list-gpus", action="store_true", help="list the GPU catalog and exit")
+    parser.add_argument("--list-models", action="store_true", help="list the model catalog and exit")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the model")
+    parser.set_defaults(func=run)
+
+
+def request_from_args(args: argparse.Namespace) -> EstimateRequest:
+    """The request the flags describe; unknown GPU names raise a ConfigError listing the catalog."""
+    from lora_studio.core.catalog import find_gpu
+
+    vram = None
+    gpu_name = None
+    if args.gpu:
+        gpu = find_gpu(args.gpu)
+        vram, gpu_name = gpu.memory_bytes, gpu.name
+    elif args.vram is not None:
+        vram = int(args.vram * GIB)
+    targets: str | list[str] = args.targets
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return EstimateRequest(
+        model=args.model,
+        quantization=args.quant,
+        double_quant=args.double_quant,
+        compute_dtype=args.dtype,
+        lora_r=args.lora_r,
+        targets=targets,
+        use_dora=args.dora,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        grad_accum=args.grad_accum,
+        optimizer=args.optimizer,
+        gradient_checkpointing=args.grad_checkpointing,
+        packing=args.packing,
+        device=args.device,
+        vram_bytes=vram,
+        lora_dropout=args.lora_dropout,
+        gpu=gpu_name,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_gpus or args.list_models:
+        return _list(args)
+    if not args.model:
+        from lora_studio.core.errors import ConfigError
+
+        raise ConfigError({"model": "is required (a model string or catalog:<name>; see --list-models)"})
+    req = request_from_args(args)
+    estimate = estimate_memory(req)
+    precise = None
+    if args.precise:
+        from lora_studio.core.estimate_precise import estimate_precise
+
+        precise = estimate_precise(req, layers=args.layers)
+    if args.json:
+        payload = estimate.to_dict()
+        if precise is not None:
+            payload["precise"] = {k: v for k, v in precise.to_dict().items() if k != "analytic"}
+        print(json.dumps(payload, indent=2))
+        return 0
+    print(render(req, estimate))
+    if precise is not None:
+        print()
+        print(render_precise(precise))
+    return 0
+
+
+def gb(value: int) -> str:
+    return f"{value / GIB:.2f}"
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(n)
+
+
+def render(req: EstimateRequest, estimate: MemoryEstimate) -> str:
+    """The human report: header, parameter counts, the aligned table, verdict and advice."""
+    targets = req.targets if isinstance(req.targets, str) else ",".join(req.targets)
+    quant = req.quantization + (" + double quant" if req.double_quant else "")
+    where = req.gpu or (f"{gb(estimate.device_bytes)} GB" if estimate.device_bytes else req.device)
+    lines = [
+        f"Memory estimate: {estimate.model} — {quant}, {estimate.dtype}, LoRA r={req.lora_r} ({targets})"
+        + (" DoRA" if req.use_dora else ""),
+        f"  batch {req.batch_size} × {req.seq_len} tokens, {req.optimizer}"
+        + (", gradient checkpointing" if req.gradient_checkpointing else "")
+        + f", on {where}",
+        "",
+    ]
+    p = estimate.parameters
+    share = p["trainable"] / p["total"] if p["total"] else 0.0
+    lines.append(
+        f"Parameters: {_count(p['total'])} total, {_count(p['quantized'])} quantized, "
+        f"{_count(p['unquantized'])} kept in 16/32-bit, {_count(p['trainable'])} trainable ({share:.2%})"
+    )
+    lines.append("")
+    width = max(len(label) for _, label in ROWS)
+    lines.append(f"{'Component':<{width}}  {'GB':>8}  What")
+    for key, label in ROWS:
+        lines.append(f"{label:<{width}}  {gb(estimate.bytes[key]):>8}  {estimate.explanations.get(key, '')}")
+    lines.append(f"{'Total':<{width}}  {gb(estimate.bytes['total']):>8}")
+    lines.append("")
+    total, limit = estimate.bytes["total"], estimate.device_bytes or 0
+    if estimate.fits is None:
+        lines.append(
+            "Verdict: no device memory given (use --gpu NAME or --vram GB for a verdict and advice)."
+        )
+    elif estimate.fits:
+        lines.append(
+            f"Verdict: fits — needs {gb(total)} GB of {gb(limit)} GB ({gb(limit - total)} GB to spare)."
+        )
+    else:
+        lines.append(
+            f"Verdict: does NOT fit — needs {gb(total)} GB, the device has {gb(limit)} GB "
+            f"(short by {gb(total - limit)} GB)."
+        )
+    for line in estimate.advice:
+        lines.append(f"  - {line}")
+    for note in estimate.notes:
+        lines.append(f"Note: {note}")
+    return "\n".join(lines)
+
+
+def render_precise(precise: object) -> str:
+    """The simulated step's peak by category, next to the analytic total."""
+    from lora_studio.core.estimate_precise import CATEGORIES, PreciseEstimate
+
+    assert isinstance(precise, PreciseEstimate)
+    width = max(len(c) for c in CATEGORIES)
+    lines = [f"Precise mode (simulated training step, {precise.seconds:.0f} s):"]
+    for name in CATEGORIES:
+        lines.append(f"  {name.capitalize():<{width}}  {gb(precise.peak[name]):>8}")
+    lines.append(f"  {'Overhead':<{width}}  {gb(precise.overhead_bytes):>8}")
+    lines.append(
+        f"  {'Total':<{width}}  {gb(precise.total_bytes):>8}   (analytic {gb(precise.analytic.total_bytes)} GB, "
+        f"ratio {precise.ratio_analytic:.3f})"
+    )
+    for note in precise.notes:
+        lines.append(f"  Note: {note}")
+    return "\n".join(lines)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from lora_studio.core.catalog import load_gpu_catalog, load_model_catalog
+
+    if args.list_gpus:
+        gpus = load_gpu_catalog()
+        if args.json:
+            print(
+                json.dumps(
+                    [{"name": g.name, "memory_gib": g.memory_gib, "bf16": g.bf16} for g in gpus], indent=2
+                )
+            )
+        else:
+            for gpu in gpus:
+                print(
+                    f"{gpu.name:<20} {gpu.memory_gib:>6.0f} GB  {gpu.kind}{'' if gpu.bf16 else ', no bf16'}"
+                )
+    if args.list_models:
+        models = load_model_catalog()
+        if args.json:
+            print(
+                json.dumps(
+                    [{"name": m.name, "hub_id": m.hub_id, "source": m.source} for m in models], indent=2
+                )
+            )
+        else:
+            for model in models:
+                print(f"catalog:{model.name:<22} {model.hub_id}")
+    return 0

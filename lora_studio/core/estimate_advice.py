@@ -1,0 +1,226 @@
+"""Words for the estimate: a one-line explanation per component, and advice when a run does not fit.
+
+Advice answers the two questions a user has in front of a memory bar: "how far can I push batch
+size and sequence length?" and "which one change gets me under the limit, and by how much?".
+Each candidate change is re-estimated (arithmetic only), so the savings shown are the estimator's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lora_studio.core.estimate import EstimateRequest, MemoryEstimate, Plan
+
+GIB = 2**30
+MAX_BATCH = 4096
+
+
+def gb(value: int) -> str:
+    """Bytes as GB (2^30, as GPU specs and nvidia-smi count) with two decimals."""
+    return f"{value / GIB:.2f} GB"
+
+
+def explain(plan: Plan, *, per_layer_token: int, masked: bool) -> dict[str, str]:
+    """One line per component saying what it is made of."""
+    from lora_studio.core.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES
+
+    shape = plan.shape
+    quant = plan.quantization
+    if quant in ("nf4", "fp4"):
+        scales = (
+            "absmax per 64 weights stored in 8 bits, with a fp32 scale per 256 blocks (double quant)"
+            if plan.double_quant
+            else "one fp32 absmax per 64 weights"
+        )
+        weights_q = f"{quant}: 4 bits per weight + {scales}, for every Linear layer except lm_head"
+    elif quant == "int8":
+        weights_q = (
+            "LLM.int8: 1 byte per weight + one fp32 scale per output row, every Linear layer except lm_head"
+        )
+    else:
+        weights_q = "no quantization: every weight is in the next line"
+    if plan.upcast:
+        kept = "embeddings, norms, lm_head and biases upcast to fp32 by prepare_model_for_kbit_training"
+    elif quant != "none":
+        kept = f"embeddings, norms, lm_head and biases in {plan.dtype_name} (lean k-bit preparation)"
+    else:
+        kept = f"all weights in {plan.dtype_name}"
+    targets = plan.targets if isinstance(plan.targets, str) else ", ".join(plan.targets)
+    optimizer = {
+        "adamw_torch": "AdamW: two fp32 moments, 8 bytes per trainable parameter",
+        "paged_adamw_32bit": "paged AdamW 32-bit: 8 bytes per trainable parameter, pageable to CPU memory",
+        "adamw_bnb_8bit": "8-bit AdamW: 2 bytes per parameter + fp32 scale per 256 (tensors < 4096 stay 32-bit)",
+        "paged_adamw_8bit": "paged 8-bit AdamW: ~2 bytes per parameter, pageable to CPU memory",
+    }[plan.optimizer]
+    attention = shape.attention + (", padded batch: mask + key/value heads repeated" if masked else "")
+    lora_inputs = "16-bit LoRA inputs under autocast" if plan.autocast else "fp32 LoRA inputs"
+    if plan.gradient_checkpointing:
+        where = "in CPU memory (offloaded)" if plan.offload else f"{plan.stream_bytes} B × hidden per token"
+        activations = (
+            f"gradient checkpointing: each layer keeps only its input ({where}); "
+            f"without it {per_layer_token / 1024:.1f} KiB per token per layer"
+        )
+    else:
+        activations = (
+            f"{per_layer_token / 1024:.1f} KiB per token per layer saved for backward × {shape.layers} layers × "
+            f"{plan.tokens} tokens ({attention}; {lora_inputs})"
+        )
+    overhead = (
+        f"CUDA context {gb(CUDA_CONTEXT_BYTES)} + {ALLOCATOR_SLACK:.0%} allocator slack"
+        if plan.device == "cuda"
+        else "none on CPU"
+    )
+    return {
+        "weights_quantized": weights_q,
+        "weights_unquantized": kept,
+        "lora_weights": f"r={plan.lora_r} adapters on {len(plan.lora)} layers ({targets}), fp32 as peft keeps them"
+        + (" + DoRA magnitudes" if plan.use_dora else ""),
+        "gradients": "one fp32 gradient per trainable parameter",
+        "optimizer": optimizer,
+        "activations": activations,
+        "logits": (
+            f"chunked loss, {min(plan.tokens, 1024)} of {plan.tokens} tokens per chunk"
+            if plan.chunked_loss
+            else f"{plan.tokens} tokens"
+        )
+        + f" × {shape.vocab} vocab: logits + fp32 copy + log-softmax, then two fp32 gradients in backward",
+        "temporaries": "backward buffers of the last layer"
+        + (" (recomputed by checkpointing)" if plan.gradient_checkpointing else "")
+        + (" and DoRA's weight-sized work" if plan.use_dora else "")
+        + ", beyond what the loss phase already holds",
+        "overhead": overhead,
+        "total": "sum of the above: the peak of a training step",
+    }
+
+
+def advise(req: EstimateRequest, plan: Plan, estimate: MemoryEstimate) -> list[str]:
+    """The largest batch size and sequence length that fit, and the single changes that help.
+
+    The verdict itself is ``estimate.fits`` (the CLI and the GUI word it themselves).
+    """
+    from lora_studio.core.estimate import estimate_plan
+
+    limit = estimate.device_bytes or 0
+    total = estimate.total_bytes
+
+    def total_for(candidate: Plan) -> int:
+        return estimate_plan(candidate).total_bytes
+
+    lines: list[str] = []
+    batch = _largest(lambda b: total_for(replace(plan, batch_size=b)) <= limit, MAX_BATCH)
+    if batch:
+        lines.append(f"Largest batch size that fits at sequence length {plan.seq_len}: {batch}.")
+    else:
+        lines.append(f"Even batch size 1 does not fit at sequence length {plan.seq_len}.")
+    max_seq = plan.shape.context_length or 131072
+    seq = _largest(lambda s: total_for(replace(plan, seq_len=s)) <= limit, max_seq)
+    if seq:
+        shown = seq if seq < 64 else seq - seq % 64
+        lines.append(f"Longest sequence that fits at batch size {plan.batch_size}: {shown} tokens.")
+    else:
+        lines.append(f"No sequence length fits at batch size {plan.batch_size}.")
+    if total > limit:
+        changes = _single_changes(plan)
+        for text, candidate in changes:
+            new = total_for(candidate)
+            verdict = "fits" if new <= limit else "still too big"
+            lines.append(f"{text}: saves {gb(total - new)} → {gb(new)} ({verdict}).")
+        combined = _all_savers(plan)
+        if combined is not None:
+            new = total_for(combined)
+            if new > limit:
+                lines.append(
+                    f"All memory savers together (4-bit, checkpointing, 8-bit optimizer, batch 1) still need "
+                    f"{gb(new)}" + _smallest_gpu(new)
+                )
+    return lines
+
+
+def _all_savers(plan: Plan) -> Plan | None:
+    """Every saver at once, or None when the plan already uses them all."""
+    combined = replace(
+        plan,
+        quantization="nf4" if plan.quantization in ("none", "int8") else plan.quantization,
+        double_quant=True,
+        gradient_checkpointing=True,
+        optimizer="paged_adamw_8bit",
+        batch_size=1,
+    )
+    return None if combined == plan else combined
+
+
+def _smallest_gpu(needed: int) -> str:
+    from lora_studio.core.catalog import load_gpu_catalog
+
+    fitting = sorted(
+        (g for g in load_gpu_catalog() if g.memory_bytes >= needed), key=lambda g: g.memory_bytes
+    )
+    if not fitting:
+        return "; no single GPU in the catalog has that much — consider several GPUs (docs/multi-gpu.md)."
+    return f"; the smallest catalog GPU with that much memory is the {fitting[0].name} ({fitting[0].memory_gib:g} GB)."
+
+
+def _single_changes(plan: Plan) -> list[tuple[str, Plan]]:
+    changes: list[tuple[str, Plan]] = []
+    if plan.quantization in ("none", "int8"):
+        changes.append(
+            (
+                "Quantize to 4-bit (--quant nf4 --double-quant)",
+                replace(plan, quantization="nf4", double_quant=True),
+            )
+        )
+    elif not plan.double_quant:
+        changes.append(("Add double quantization (--double-quant)", replace(plan, double_quant=True)))
+    if not plan.gradient_checkpointing:
+        changes.append(
+            (
+                "Turn on gradient checkpointing (--grad-checkpointing)",
+                replace(plan, gradient_checkpointing=True),
+            )
+        )
+    if plan.optimizer in ("adamw_torch", "paged_adamw_32bit"):
+        changes.append(
+            (
+                "Use an 8-bit optimizer (--optimizer paged_adamw_8bit)",
+                replace(plan, optimizer="paged_adamw_8bit"),
+            )
+        )
+    if plan.lora_r > 4:
+        r = max(4, plan.lora_r // 2)
+        changes.append((f"Halve the LoRA rank (--lora-r {r})", replace(plan, lora_r=r)))
+    if plan.batch_size > 1:
+        accum = plan.grad_accum * plan.batch_size
+        changes.append(
+            (
+                f"Batch size 1 with gradient accumulation {accum} (same effective batch)",
+                replace(plan, batch_size=1),
+            )
+        )
+    if plan.seq_len > 128:
+        changes.append(
+            (
+                f"Halve the sequence length (--seq-len {plan.seq_len // 2})",
+                replace(plan, seq_len=plan.seq_len // 2),
+            )
+        )
+    return changes
+
+
+def _largest(ok: Callable[[int], bool], upper: int) -> int:
+    """The largest n in [1, upper] with ok(n) true, assuming ok is monotone (0 if none)."""
+    if not ok(1):
+        return 0
+    low, high = 1, 2
+    while high <= upper and ok(high):
+        low, high = high, high * 2
+    high = min(high, upper + 1)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if ok(mid):
+            low = mid
+        else:
+            high = mid
+    return low
