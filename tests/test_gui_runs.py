@@ -52,6 +52,9 @@ def page(qtbot, tmp_path, monkeypatch):
     widget.follow_timer.stop()
     for task in (widget.listing, widget.reader):
         task.cancel_pending()
+    from lora_studio.gui import workers
+
+    assert workers.wait_all(30_000)  # no reader thread outlives the test
 
 
 def rows(page) -> dict[str, list[str]]:
@@ -173,3 +176,33 @@ def test_train_page_exports_a_launch_bundle(qtbot, tmp_path, monkeypatch):
     assert {p.name for p in (tmp_path / "bundle").iterdir()} == {"run.toml", "launch.sh", "slurm.sbatch"}
     assert "--num_processes 4" in train.messages.message() and "accelerate launch" in train.messages.message()
     assert train.export_button.text().startswith("Export as command")
+
+
+def test_use_in_chat_chooses_the_runs_adapter_on_the_chat_page(qtbot, page):
+    run = make_run(page.root_path, "talk", 1e-4)
+    run.adapter_dir.mkdir()
+    (run.adapter_dir / "adapter_config.json").write_text("{}")
+    qtbot.waitUntil(lambda: run.run_id in rows(page), timeout=10_000)
+    page.select([run.run_id])
+    assert page.buttons["chat"].isEnabled()
+
+    class Picker:
+        chosen: tuple[str, str] = ("base", "")
+
+        def select(self, kind, path):
+            self.chosen = (kind, path)
+
+        def choice(self):
+            return self.chosen
+
+    class Chat:
+        picker = Picker()
+
+        def refresh_sources(self):
+            pass
+
+    page.pages = {"chat": Chat()}  # the page is its own window here
+    shown = []
+    page.navigate.connect(shown.append)
+    assert page.use_in_chat() and shown == ["chat"]
+    assert Chat.picker.chosen == ("run", str(run.path))

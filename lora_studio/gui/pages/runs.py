@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 
 from lora_studio.core.paths import runs_dir as default_runs_dir
 from lora_studio.core.runs import RunFolder, config_diff, list_runs
-from lora_studio.gui.pages import Page
+from lora_studio.gui.pages import PAGES, Page
 from lora_studio.gui.pages.train import duration
 from lora_studio.gui.workers import BackgroundTask
 
@@ -127,6 +127,7 @@ class RunsPage(Page):
                 "Continue an interrupted or stopped run from its last checkpoint.",
                 self.resume,
             ),
+            ("chat", "Use in Chat", "Talk to this run's final adapter on the Chat page.", self.use_in_chat),
             (
                 "duplicate",
                 "Duplicate settings",
@@ -141,6 +142,7 @@ class RunsPage(Page):
             button.clicked.connect(lambda _=False, s=slot: s())
             bar.addWidget(button)
             self.buttons[key] = button
+        self.buttons["chat"].setVisible("chat" in PAGES)
         self.content.addLayout(bar)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("runsTable")
@@ -314,6 +316,10 @@ class RunsPage(Page):
         one = len(ids) == 1
         self.buttons["open"].setEnabled(one)
         self.buttons["resume"].setEnabled(one and states[0] in RESUMABLE and not self.runs.active)
+        adapter = (
+            one and Path(self.summaries.get(ids[0], {}).get("path", "")) / "adapter" / "adapter_config.json"
+        )
+        self.buttons["chat"].setEnabled(bool(adapter) and adapter.is_file())
         self.buttons["duplicate"].setEnabled(one and states[0] != "unreadable")
         self.buttons["rename"].setEnabled(one and states[0] != "running")
         self.buttons["delete"].setEnabled(bool(ids) and "running" not in states)
@@ -340,6 +346,17 @@ class RunsPage(Page):
         if started:
             self.navigate.emit("train")
         return started
+
+    def use_in_chat(self) -> bool:
+        """Show the Chat page with this run's final adapter chosen (it loads in the background)."""
+        folder = self._selected_folder()
+        chat = getattr(self.window(), "pages", {}).get("chat") if "chat" in PAGES else None
+        if folder is None or chat is None:
+            return False
+        self.navigate.emit("chat")  # the window shows it; showing it re-reads its list of runs
+        chat.refresh_sources()
+        chat.picker.select("run", str(folder.path))
+        return chat.picker.choice() == ("run", str(folder.path))
 
     def duplicate(self) -> None:
         folder = self._selected_folder()
