@@ -120,3 +120,17 @@ def test_lean_kbit_preparation_keeps_the_loss_curve(tiny_model_dir, small_data, 
     lean = losses(tiny_model_dir, small_data, tmp_path / "a", **common, **{"model.lean_kbit_prep": True})
     blanket = losses(tiny_model_dir, small_data, tmp_path / "b", **common, **{"model.lean_kbit_prep": False})
     assert lean == pytest.approx(blanket, rel=2e-2)
+
+
+def test_chunked_loss_applies_final_logit_softcapping():
+    """Gemma 2 caps its logits before the loss; the chunked loss must give the same number."""
+    from lora_studio.core.memory_saving import chunked_causal_lm_loss
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False)
+    hidden = torch.randn(2, 9, 8) * 10
+    labels = torch.randint(0, 50, (2, 9))
+    logits = torch.tanh(head(hidden) / 5.0) * 5.0
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1))
+    got = chunked_causal_lm_loss(hidden, head, labels, chunk=4, softcap=5.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)

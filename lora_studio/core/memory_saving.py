@@ -28,9 +28,13 @@ from torch.utils.checkpoint import checkpoint
 DEFAULT_CHUNK = 1024
 
 
-def _chunk_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
-    logits = head(hidden).float()
-    return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+def _chunk_loss_sum(
+    hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, softcap: float | None
+) -> torch.Tensor:
+    logits = head(hidden)
+    if softcap:  # e.g. Gemma 2: the model caps its logits before the loss; so must we
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
 
 
 def chunked_causal_lm_loss(
@@ -39,6 +43,7 @@ def chunked_causal_lm_loss(
     labels: torch.Tensor,
     num_items_in_batch: torch.Tensor | int | None = None,
     chunk: int = DEFAULT_CHUNK,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """The causal-LM loss of ``head(hidden)`` without materialising all logits at once."""
     shifted = F.pad(labels, (0, 1), value=-100)[..., 1:]
@@ -49,7 +54,7 @@ def chunked_causal_lm_loss(
         part = flat_labels[start : start + chunk]
         if bool((part != -100).any()):
             total = total + checkpoint(
-                _chunk_loss_sum, flat_hidden[start : start + chunk], part, head, use_reentrant=False
+                _chunk_loss_sum, flat_hidden[start : start + chunk], part, head, softcap, use_reentrant=False
             )
         else:  # keep the graph connected (zero gradient) even when a chunk has no trained token
             total = total + flat_hidden[start : start + chunk].sum() * 0.0
@@ -75,7 +80,9 @@ def chunked_forward_loss(
     decoder, head = causal_parts(model)
     kwargs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
     hidden = decoder(**kwargs, use_cache=False).last_hidden_state
-    return chunked_causal_lm_loss(hidden, head, labels, num_items_in_batch, chunk)
+    config = getattr(model, "config", None)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    return chunked_causal_lm_loss(hidden, head, labels, num_items_in_batch, chunk, softcap)
 
 
 def offload_context(enabled: bool) -> contextlib.AbstractContextManager[Any]:
