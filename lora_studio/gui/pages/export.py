@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QTreeWidget,
     QTreeWidgetItem,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -96,11 +97,13 @@ class ExportPage(Page):
         self.worker: ExportWorker | None = None
         self._auto_out = True
         self.task = workers.BackgroundTask(self, delay_ms=300)
+        left = QVBoxLayout()
+        left.addWidget(self._source_card())
+        left.addWidget(self._plan_card(), 1)
         top = QHBoxLayout()
-        top.addWidget(self._source_card(), 3)
+        top.addLayout(left, 3)
         top.addWidget(self._formats_card(), 2)
         self.content.addLayout(top)
-        self.content.addWidget(self._plan_card())
         self.content.addWidget(self._progress_card(), 1)
         self.picker.refresh(state.config.output.runs_dir)
         self._source_chosen(self.picker.choice())
@@ -127,7 +130,6 @@ class ExportPage(Page):
         self.overwrite = QCheckBox("Overwrite what is already in the output folder")
         self.overwrite.toggled.connect(self.replan)
         card.add(self.overwrite)
-        card.body.addStretch(1)
         return card
 
     def _formats_card(self) -> Card:
@@ -155,6 +157,7 @@ class ExportPage(Page):
             self.quant_boxes[quant] = box
             grid.addWidget(box, 1, 1 + i)
         card.body.addLayout(grid)
+        card.body.addStretch(1)
         return card
 
     def _plan_card(self) -> Card:
@@ -175,6 +178,7 @@ class ExportPage(Page):
             row.addWidget(button)
         row.addStretch(1)
         card.body.addLayout(row)
+        card.body.addStretch(1)
         return card
 
     def _progress_card(self) -> Card:
@@ -185,7 +189,7 @@ class ExportPage(Page):
         card.add(self.progress)
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
-        self.log.setMaximumHeight(120)
+        self.log.setMaximumHeight(100)
         card.add(self.log)
         self.results = QTreeWidget()
         self.results.setHeaderLabels(["Format", "Path", "Size", "Verification", "Figures"])
