@@ -136,7 +136,31 @@ def advise(req: EstimateRequest, plan: Plan, estimate: MemoryEstimate) -> list[s
                     f"All memory savers together (4-bit, checkpointing, 8-bit optimizer, batch 1) still need "
                     f"{gb(new)}" + _smallest_gpu(new)
                 )
+        fsdp = _fsdp_line(estimate_plan(combined or plan).bytes, limit, with_savers=combined is not None)
+        if fsdp:
+            lines.append(fsdp)
     return lines
+
+
+#: What FSDP shards across GPUs; activations, logits and overheads stay whole on each GPU.
+_SHARDED = ("weights_quantized", "weights_unquantized", "lora_weights", "gradients", "optimizer")
+
+
+def _fsdp_line(parts: dict[str, int], limit: int, *, with_savers: bool) -> str | None:
+    """When one GPU is too small: the fewest GPUs of this size that fit with FSDP, if any do."""
+    if limit <= 0:
+        return None
+    sharded = sum(parts.get(key, 0) for key in _SHARDED)
+    whole = parts["total"] - sharded
+    for gpus in (2, 3, 4, 6, 8, 16, 32, 64):
+        per_gpu = whole + sharded // gpus
+        if per_gpu <= limit:
+            savers = " with all memory savers" if with_savers else ""
+            return (
+                f"With FSDP over {gpus} GPUs of this size{savers} (each holds 1/{gpus} of the weights, "
+                f"gradients and optimizer state): about {gb(per_gpu)} per GPU — see docs/multi-gpu.md."
+            )
+    return None
 
 
 def _all_savers(plan: Plan) -> Plan | None:
