@@ -172,3 +172,36 @@ def test_the_window_appears_before_torch_is_imported(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["heavy_imported"] == []
     assert report["shown_s"] < 10
+
+
+def test_memory_plot_shows_gpu_series_and_the_estimate_as_a_dashed_line(qtbot):
+    from lora_studio.gui.widgets.training_plots import GIB, TrainingPlots
+
+    plots = TrainingPlots()
+    qtbot.addWidget(plots)
+    plots.reset(10)
+    plots.set_estimate(6 * GIB)
+    for step in (1, 2, 3):
+        mem = {"cuda_allocated": 4 * GIB, "cuda_reserved": 5 * GIB, "cuda_peak": 5.5 * GIB, "rss": 2 * GIB}
+        plots.add_step(step, 2.0 / step, 1e-4, 0.5, 1000.0, mem)
+    plots.refresh()
+    memory = plots.memory
+    assert [memory.count(k) for k in ("allocated", "reserved", "peak", "rss")] == [3, 3, 3, 0]
+    assert memory.lines["estimate"].isVisible() and memory.lines["estimate"].value() == 6.0
+    assert memory.viewRange()[1][0] == 0  # memory is drawn from zero, up to the estimate
+    assert memory.viewRange()[1][1] >= 6.0
+
+
+def test_thousands_of_signal_emits_do_not_crash_the_interpreter():
+    """PySide6 6.12.0 leaks a reference to True on every emit (fatal on CPython 3.11 after a few
+    thousand); importing the app's package guards against it (``gui/qt_fixes.py``)."""
+    code = (
+        "import lora_studio.gui\n"
+        "from PySide6.QtCore import QObject, Signal\n"
+        "class O(QObject):\n    sig = Signal(object)\n"
+        "o = O()\nfor i in range(20000):\n    o.sig.emit(i)\nprint('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
