@@ -11,8 +11,11 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from lora_studio import __version__
 from lora_studio.core.errors import CancelledError, ConfigError, LoraStudioError
@@ -75,6 +78,24 @@ def print_error(exc: LoraStudioError, *, json_mode: bool = False) -> None:
         payload = {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint}
         print(json.dumps(payload))
     print(f"error: {exc}", file=sys.stderr)
+
+
+def install_sigint(cancel: threading.Event, note: Callable[[str], None], message: str) -> Callable[[], Any]:
+    """First Ctrl-C asks the work to stop cleanly (``cancel``); a second one aborts at once.
+
+    Returns a function that restores the previous handler. A no-op off the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: Any) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        note(message)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def use_color(stream: object = sys.stdout) -> bool:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+from lora_studio.cli import install_sigint
 
 FORMAT_HELP = "adapter, merged, gguf, gguf-adapter, modelfile (repeat the flag or give a comma list)"
 
@@ -57,7 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
     cancel = threading.Event()
     printer = _Progress(quiet=args.json)
-    restore = _install_sigint(cancel, printer)
+    restore = install_sigint(
+        cancel,
+        printer.note,
+        "Cancelling; unfinished files will be removed (Ctrl-C again to abort at once)...",
+    )
     try:
         report = export(
             args.source,
@@ -111,20 +116,6 @@ class _Progress:
         if self.open_line:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
             self.open_line = False
-
-
-def _install_sigint(cancel: threading.Event, printer: _Progress) -> Any:
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum: int, frame: Any) -> None:
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        cancel.set()
-        printer.note("Cancelling; unfinished files will be removed (Ctrl-C again to abort at once)...")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def _summary(report: Any) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import types
@@ -17,6 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from lora_studio.cli import install_sigint
 from lora_studio.core import events as ev
 from lora_studio.core.config import RunConfig
 from lora_studio.core.errors import CancelledError
@@ -136,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
 
     cancel = threading.Event()
     printer = JsonPrinter() if args.json else HumanPrinter()
-    restore = _install_sigint(cancel, printer)
+    restore = install_sigint(
+        cancel, printer.note, "Stopping after this step and saving the adapter (Ctrl-C again to abort)..."
+    )
     try:
         if args.resume:
             result = resume(args.resume, printer, cancel=cancel)
@@ -152,20 +154,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         restore()
     return 0 if result.status == "completed" else 130
-
-
-def _install_sigint(cancel: threading.Event, printer: Any) -> Any:
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum: int, frame: Any) -> None:
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        cancel.set()
-        printer.note("Stopping after this step and saving the adapter (Ctrl-C again to abort)...")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 class JsonPrinter:
