@@ -272,7 +272,9 @@ def test_advice_names_the_gpu_count_that_fits_with_fsdp():
     from lora_studio.core.estimate import EstimateRequest, estimate_memory
 
     estimate = estimate_memory(
-        EstimateRequest(model="catalog:Llama-3.1-70B", quantization="nf4", seq_len=512, vram_bytes=24 * 1024**3)
+        EstimateRequest(
+            model="catalog:Llama-3.1-70B", quantization="nf4", seq_len=512, vram_bytes=24 * 1024**3
+        )
     )
     assert estimate.fits is False
     line = next(a for a in estimate.advice if "FSDP" in a)
