@@ -253,6 +253,7 @@ def _loss(model: Any, ids: Any, mask: Any, plan: Plan) -> Any:
     from lora_studio.core.memory_saving import DEFAULT_CHUNK, _chunk_loss_sum, causal_parts
 
     decoder, head = causal_parts(model)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
     hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     labels = F.pad(ids, (0, 1), value=-100)[..., 1:].reshape(-1)
     flat = hidden.reshape(-1, hidden.shape[-1])
@@ -260,7 +261,7 @@ def _loss(model: Any, ids: Any, mask: Any, plan: Plan) -> Any:
     for start in range(0, flat.shape[0], DEFAULT_CHUNK):
         chunk = flat[start : start + DEFAULT_CHUNK]
         part = labels[start : start + DEFAULT_CHUNK]
-        total = total + checkpoint(_chunk_loss_sum, chunk, part, head, use_reentrant=False)
+        total = total + checkpoint(_chunk_loss_sum, chunk, part, head, softcap, use_reentrant=False)
     return total / labels.numel()
 
 

@@ -167,9 +167,9 @@ class _StudioTrainer(Trainer):
         )
         with offload_context(t.checkpoint_offload and t.gradient_checkpointing and model.training):
             if chunked:
-                # the decoder is called directly, so apply the mixed precision the Trainer would
-                with self.accelerator.autocast():
-                    return chunked_forward_loss(model, inputs, num_items_in_batch)
+                # The decoder is called directly, outside accelerate's autocast wrapper: the base
+                # weights are already in the compute dtype, and the estimator models exactly this.
+                return chunked_forward_loss(model, inputs, num_items_in_batch)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
