@@ -145,6 +145,16 @@ def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_p
         assert window.run_label.text().startswith("Paused")
         assert page.pause_button.text() == "Resume"
         assert window.state.shared_model.get("model") is not None  # free for chat while paused
+        # the Chat page's "current paused run" answers with the model exactly as it is now
+        from lora_studio.core.chat import Sampling
+        from lora_studio.gui.pages.chat import load_chat
+
+        chat, _ = load_chat("paused", "", window.state.config, window.state.shared_model)
+        reply = chat.answer(
+            [{"role": "user", "content": "What is your name?"}], Sampling(greedy=True, max_new_tokens=4)
+        )
+        assert reply.new_tokens >= 1
+        assert chat.model.training  # handed back in training mode, gradients untouched
         with qtbot.waitSignal(window.runs.ended, timeout=180_000) as ended:
             qtbot.mouseClick(page.pause_button, Qt.MouseButton.LeftButton)
         assert ended.args == ["completed"]
