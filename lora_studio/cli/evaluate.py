@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 import threading
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lora_studio.core.metrics import METRIC_CHOICES
+
+_RUN_ID = re.compile(r"^\d{8}-\d{6}-")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -186,8 +189,9 @@ def print_report(report: dict[str, Any]) -> None:
     data = report["eval_set"]
     print(f"Eval set  {data['name']}  ({data['examples']} examples)  source: {data['source']}")
     print(f"Metric    {report['metric'] or 'loss only'}  — {report['metric_reason']}")
-    labels = [entry["model"]["label"] for entry in report["models"]]
-    baseline = report.get("baseline")
+    short = _short_labels([entry["model"]["label"] for entry in report["models"]])
+    labels = list(short.values())
+    baseline = short.get(report.get("baseline"), report.get("baseline"))
     header = ["METRIC", *labels]
     others = [label for label in labels if label != baseline]
     conf = round(report["options"]["confidence"] * 100)
@@ -195,7 +199,7 @@ def print_report(report: dict[str, Any]) -> None:
     table = [header]
     for row in report["comparison"]:
         cells = [row["title"], *[_fmt(v, row["digits"]) for v in row["values"]]]
-        diffs = {d["model"]: d for d in row["differences"]}
+        diffs = {short.get(d["model"], d["model"]): d for d in row["differences"]}
         for label in others if len(labels) > 1 else []:
             d = diffs.get(label)
             cells.append(_fmt_diff(d, row["digits"]) if d and "estimate" in d else "")
@@ -209,9 +213,15 @@ def print_report(report: dict[str, Any]) -> None:
     for entry in report["models"]:
         confusion = entry["metrics"].get("confusion")
         if confusion:
-            _print_confusion(entry["model"]["label"], confusion)
+            _print_confusion(short[entry["model"]["label"]], confusion)
     for path in report["saved"]:
         print(f"saved: {path}")
+
+
+def _short_labels(labels: list[str]) -> dict[str, str]:
+    """Run ids without their timestamp ("20250101-120000-reviews" → "reviews") when that stays unique."""
+    short = {label: _RUN_ID.sub("", label) or label for label in labels}
+    return short if len(set(short.values())) == len(labels) else {label: label for label in labels}
 
 
 def _print_confusion(label: str, confusion: dict[str, Any]) -> None:
