@@ -164,7 +164,9 @@ def build_dataset(
     """Tokenize already-loaded conversations (``inspect-data`` loads them itself to list errors)."""
     import datasets
 
-    train_convs, eval_convs = (conversations, eval) if eval is not None else _split(conversations, data, seed)
+    train_convs, eval_convs = (
+        (conversations, eval) if eval is not None else split_conversations(conversations, data, seed)
+    )
     encoder = Encoder(tokenizer, train_on=data.train_on, max_seq_len=data.max_seq_len)
     skipped = list(report.skipped)
     train = _encode_all(encoder, train_convs, data.skip_invalid, skipped, cancel)
@@ -224,7 +226,7 @@ def build_dataset(
     )
 
 
-def _split(
+def split_conversations(
     conversations: list[Conversation], data: DataSection, seed: int
 ) -> tuple[list[Conversation], list[Conversation]]:
     """Seeded hold-out; both parts keep file order so examples stay easy to find."""

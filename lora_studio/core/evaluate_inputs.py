@@ -139,7 +139,7 @@ def load_eval_set(
     Raises the loader's located :class:`DatasetError` for unusable data. With ``run``, the run's
     data settings (system prompt, sequence length, loss tokens) render the examples as in training.
     """
-    from lora_studio.core.data import _split, load_conversations
+    from lora_studio.core.data import load_conversations, split_conversations
 
     settings = data or (run.config_with_notes()[0].data if run is not None else DataSection())
     if path is not None:
@@ -157,7 +157,7 @@ def load_eval_set(
             name, source = Path(section.eval_path).name, section.eval_path
         elif section.eval_fraction > 0:
             everything, _ = load_conversations(section, cancel=cancel)
-            conversations = _split(everything, section, config.training.seed)[1]
+            conversations = split_conversations(everything, section, config.training.seed)[1]
             name, source = (
                 f"eval split of {run.run_id}",
                 f"{section.path} ({section.eval_fraction:g} held out)",
