@@ -353,8 +353,6 @@ class RunConfig(_Section):
         problems: list[tuple[str, str]] = []
         if self.model.double_quant and self.model.quantization not in ("nf4", "fp4"):
             problems.append(("model.double_quant", "only applies to 4-bit quantization (nf4 or fp4)"))
-        if self.training.optimizer.startswith("paged") and self.model.quantization == "none":
-            pass  # valid: paged optimizers work without quantization too
         if problems:
             raise _FieldProblems(problems)
         return self

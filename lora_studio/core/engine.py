@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import shutil
 import threading
 import time
@@ -478,7 +477,3 @@ def generate_samples(
     finally:
         model.train(was_training)
     return answers
-
-
-def is_finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
