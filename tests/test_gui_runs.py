@@ -1,6 +1,6 @@
 """The Runs page, offscreen, on run folders written directly (no training): listing, following a run
-another process writes, comparing with the settings that differ, deleting, old config files, and the
-Train page's "Export as command…"."""
+another process writes, comparing with the settings that differ, deleting, old config files, the
+Train page's "Export as command…" — and resuming a real stopped tiny run from the page."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt
 
 from lora_studio.core.config import RunConfig
 from lora_studio.core.runs import RunFolder
@@ -206,3 +207,48 @@ def test_use_in_chat_chooses_the_runs_adapter_on_the_chat_page(qtbot, page):
     page.navigate.connect(shown.append)
     assert page.use_in_chat() and shown == ["chat"]
     assert Chat.picker.chosen == ("run", str(run.path))
+
+
+def test_resume_from_the_page_finishes_a_stopped_run_with_every_step_once(qtbot, tmp_path, tiny_model_dir):
+    """A real tiny run stopped early, resumed with the Runs page's button: it continues from its
+    checkpoint in the Train page and completes, with each step logged exactly once."""
+    from gui_helpers import close_window, make_window, tiny_config, write_chat
+
+    from lora_studio.core import events as ev
+    from lora_studio.core.runs import read_jsonl
+
+    config = tiny_config(
+        tiny_model_dir, write_chat(tmp_path / "chat.jsonl"), tmp_path / "runs", max_steps=8, save_steps=2
+    )
+    window = make_window(qtbot, config)
+    stop_at_3 = lambda e: window.runs.stop() if isinstance(e, ev.Step) and e.step == 3 else None  # noqa: E731
+    window.runs.event.connect(stop_at_3)
+    try:
+        with qtbot.waitSignal(window.runs.ended, timeout=180_000) as ended:
+            assert window.pages["train"].start()
+        assert ended.args == ["cancelled"]
+        window.runs.event.disconnect(stop_at_3)
+        page = window.pages["runs"]
+        window.show_page("runs")
+        page.refresh()
+        qtbot.waitUntil(lambda: len(rows(page)) == 1, timeout=30_000)
+        (run_id,) = rows(page)
+        assert rows(page)[run_id][1] == "cancelled"
+        stopped_at = RunFolder(Path(page.summaries[run_id]["path"])).status()["step"]
+        assert 3 <= stopped_at < 8  # the stop reaches the engine a step or so after it is asked
+        page.select([run_id])
+        assert page.buttons["resume"].isEnabled()
+        started = []
+        window.runs.event.connect(lambda e: isinstance(e, ev.RunStarted) and started.append(e))
+        with qtbot.waitSignal(window.runs.ended, timeout=180_000) as ended:
+            qtbot.mouseClick(page.buttons["resume"], Qt.MouseButton.LeftButton)
+            assert window.current_page() == "train"
+        assert ended.args == ["completed"]
+        folder = RunFolder(Path(page.summaries[run_id]["path"]))
+        assert folder.status()["state"] == "completed"
+        assert started[0].resumed_from_step == stopped_at  # from the checkpoint written at the stop
+        steps = [m["step"] for m in read_jsonl(folder.metrics_path) if "loss" in m]
+        assert steps == list(range(1, 9))
+        qtbot.waitUntil(lambda: rows(page).get(run_id, ["", ""])[1] == "completed", timeout=30_000)
+    finally:
+        close_window(window)
