@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import sys
 import threading
@@ -16,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from lora_studio.core.metrics import METRIC_CHOICES
-
-_RUN_ID = re.compile(r"^\d{8}-\d{6}-")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -189,7 +186,9 @@ def print_report(report: dict[str, Any]) -> None:
     data = report["eval_set"]
     print(f"Eval set  {data['name']}  ({data['examples']} examples)  source: {data['source']}")
     print(f"Metric    {report['metric'] or 'loss only'}  — {report['metric_reason']}")
-    short = _short_labels([entry["model"]["label"] for entry in report["models"]])
+    from lora_studio.core.evaluate import display_labels
+
+    short = display_labels([entry["model"]["label"] for entry in report["models"]])
     labels = list(short.values())
     baseline = short.get(report.get("baseline"), report.get("baseline"))
     header = ["METRIC", *labels]
@@ -216,12 +215,6 @@ def print_report(report: dict[str, Any]) -> None:
             _print_confusion(short[entry["model"]["label"]], confusion)
     for path in report["saved"]:
         print(f"saved: {path}")
-
-
-def _short_labels(labels: list[str]) -> dict[str, str]:
-    """Run ids without their timestamp ("20250101-120000-reviews" → "reviews") when that stays unique."""
-    short = {label: _RUN_ID.sub("", label) or label for label in labels}
-    return short if len(set(short.values())) == len(labels) else {label: label for label in labels}
 
 
 def _print_confusion(label: str, confusion: dict[str, Any]) -> None:

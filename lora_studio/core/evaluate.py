@@ -21,6 +21,7 @@ import dataclasses
 import gc
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -52,14 +53,17 @@ __all__ = [
     "EvaluationError",
     "ModelResult",
     "ModelSpec",
+    "display_labels",
     "evaluate",
     "list_evaluations",
     "load_eval_set",
     "load_examples",
+    "task_metric",
 ]
 
 SCHEMA = 1
 EVAL_DIR = "eval"
+_RUN_ID = re.compile(r"^\d{8}-\d{6}-")
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,7 @@ def evaluate(
         raise EvaluationError(f"baseline {options.baseline} is not one of the {len(models)} models")
     models = _unique_labels(models)
     eval_set = _sampled(eval_set, options)
-    task, reason, notes = _task_metric(eval_set, options)
+    task, reason, notes = task_metric(eval_set, options)
     parser = (
         m.LabelParser(
             options.labels or m.reference_profile(eval_set.references())["labels"], options.synonyms
@@ -330,7 +334,9 @@ def _evaluate_one(
     return ModelResult(spec, scoring.summarize(task, rows), rows, time.monotonic() - started)
 
 
-def _task_metric(eval_set: EvalSet, options: EvalOptions) -> tuple[str | None, str, list[str]]:
+def task_metric(eval_set: EvalSet, options: EvalOptions) -> tuple[str | None, str, list[str]]:
+    """(task metric or None, why, notes) for this eval set: what an evaluation will measure, known
+    before any model is loaded (the GUI shows it as soon as the eval set is chosen)."""
     references = eval_set.references()
     notes = list(eval_set.notes)
     if len(references) < len(eval_set.items):
@@ -408,6 +414,13 @@ def _emitter(progress: ProgressListener | None, count: int) -> Callable[[EvalPro
 
 
 # -- reading saved evaluations (the Runs page) ----------------------------------------------------
+
+
+def display_labels(labels: Sequence[str]) -> dict[str, str]:
+    """Model labels as tables show them: run ids without their timestamp ("20250101-120000-reviews"
+    → "reviews", "…-reviews@35" → "reviews@35") when that keeps them unique, else unchanged."""
+    short = {label: _RUN_ID.sub("", label) or label for label in labels}
+    return short if len(set(short.values())) == len(short) else {label: label for label in labels}
 
 
 def list_evaluations(run_dir: str | Path) -> list[dict[str, Any]]:

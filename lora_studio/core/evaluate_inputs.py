@@ -165,11 +165,12 @@ def load_eval_set(
         else:
             raise EvaluationError(
                 f"{run.run_id} has no held-out eval data (data.eval_fraction = 0, no data.eval_path)",
-                hint="give an eval file (--data FILE); evaluating on the training data would flatter the model",
+                hint="choose an eval file (--data FILE on the command line); evaluating on the training data would "
+                "flatter the model",
             )
     else:
         raise EvaluationError(
-            "no eval data", hint="give an eval file (--data FILE) or a run with an eval split"
+            "no eval data", hint="choose an eval file (--data FILE) or a run with an eval split"
         )
     items = [_item(i, conv) for i, conv in enumerate(conversations)]
     return EvalSet(name=name, source=source, data=settings, items=items)
