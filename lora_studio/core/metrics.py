@@ -254,8 +254,9 @@ def choose_metric(references: Sequence[str]) -> MetricChoice:
     if _looks_like_labels(p):
         return MetricChoice(
             "accuracy",
-            f"{p['distinct']} distinct answers repeated over {p['answers']} examples, each at most "
-            f"{p['max_words']} words: a label set",
+            f"{p['distinct']} distinct answers repeated over {p['answers']} examples, "
+            + ("each a single word" if p["max_words"] == 1 else f"each at most {p['max_words']} words")
+            + ": a label set",
         )
     if p["median_words"] <= MAX_SHORT_ANSWER_WORDS:
         return MetricChoice("exact", f"short answers (median {p['median_words']:g} words)")
@@ -271,12 +272,12 @@ def not_applicable(metric: str, references: Sequence[str]) -> str | None:
         return (
             f"accuracy does not apply: the {p['answers']} reference answers have {p['distinct']} distinct "
             f"values up to {p['max_words']} words long, which is not a small label set; use "
-            "--metric exact for short answers or rouge for free text"
+            "exact match for short answers or ROUGE-L for free text"
         )
     if metric == "exact" and p["median_words"] > MAX_EXACT_WORDS:
         return (
             f"exact match does not apply: reference answers are {p['median_words']:g} words long (median), "
-            "so almost no answer can match word for word; use --metric rouge"
+            "so almost no answer can match word for word; use ROUGE-L"
         )
     return None
 
