@@ -138,3 +138,94 @@ def test_export_page_exports_an_adapter_and_shows_verification(qtbot, tiny_model
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert page.open_button.isEnabled() and page.progress.value() == page.progress.maximum()
     assert page.messages.message() == ""
+
+
+def test_prompt_set_saved_run_on_base_and_tuned_and_exported(qtbot, tiny_model_dir, tiny_adapter, tmp_path):
+    from lora_studio.core.chat import Sampling
+    from lora_studio.gui.widgets.prompt_set_editor import NEW, entry
+
+    page = make_page(qtbot, "chat", tiny_model_dir, tmp_path)
+    editor, table = page.set_editor, page.set_table
+    editor.confirm = lambda _title, _text: True
+    page.max_tokens.setValue(6)
+    assert not page.greedy.isChecked()
+    page.tabs.setCurrentIndex(1)
+    assert page.greedy.isChecked()  # prompt sets are greedy by default: the table is reproducible
+    assert not page.system.isVisible() and not page.side_by_side.isVisible()
+    assert editor.prompt_set().prompts == ["What is your name?"]  # the settings' sample prompts
+    assert table.table.rowCount() == 1
+
+    editor.choose(entry(NEW))
+    editor.name.setText("smoke")
+    for prompt in ("What is your name?", "Say hello."):
+        editor.new_prompt.setText(prompt)
+        editor.add_prompt()
+    assert "not saved" in editor.count.text()
+    saved = editor.save()
+    assert saved is not None and saved.is_file() and editor.chooser.currentText() == "smoke (2 prompts)"
+    assert [table.table.item(r, 0).text() for r in range(2)] == ["What is your name?", "Say hello."]
+
+    page.picker.select("folder", str(tiny_adapter))
+    qtbot.waitUntil(lambda: page.chat is not None, timeout=60_000)
+    assert editor.prompt_set().name == "smoke"  # choosing a model does not replace a saved set
+    table.run_button.click()
+    assert table.running and not table.run_button.isEnabled() and not editor.list.isEnabled()
+    qtbot.waitUntil(lambda: not table.running, timeout=120_000)
+    result = table.result
+    assert page.messages.message() == "" and result is not None and not result.stopped
+    assert [table.table.horizontalHeaderItem(c).text() for c in range(3)] == [
+        "Prompt",
+        "Base model",
+        "Fine-tuned",
+    ]
+    sampling = Sampling(greedy=True, max_new_tokens=6)
+    for row, prompt in enumerate(["What is your name?", "Say hello."]):
+        messages = [{"role": "user", "content": prompt}]
+        for column, use_adapter in ((1, False), (2, True)):
+            expected = page.chat.answer(messages, sampling, use_adapter=use_adapter).text
+            assert result.text(row, column - 1) == expected
+            assert table.table.item(row, column).text() == (expected or "(empty answer)")
+            assert "tokens/s" in table.table.item(row, column).toolTip()
+    assert table.progress.value() == table.progress.maximum() == 4 and table.status.text().startswith("Done")
+    assert editor.list.isEnabled() and table.export_button.isEnabled()
+
+    written = table.export_markdown(str(tmp_path / "report" / "smoke.md"))
+    text = (tmp_path / "report" / "smoke.md").read_text()
+    assert written and "## Prompt set: smoke" in text and str(tiny_adapter) in text and "greedy" in text
+    assert "| # | Prompt | Base model | Fine-tuned |" in text
+    assert "| 2 | Say hello. |" in text and text == result.to_markdown()
+    assert any(result.text(r, 0) != result.text(r, 1) for r in range(2))  # the adapter was really on
+    assert "Exported to" in table.status.text()
+    wait_workers(qtbot)
+
+
+def test_prompt_set_errors_load_on_run_and_stop(qtbot, tiny_model_dir, tmp_path):
+    page = make_page(qtbot, "chat", tiny_model_dir, tmp_path)
+    editor, table = page.set_editor, page.set_table
+    editor.confirm = lambda _title, _text: True
+    page.tabs.setCurrentIndex(1)
+    (tmp_path / "bad.jsonl").write_text('"fine"\n{"answer": "no prompt"}\n')
+    assert not editor.import_file(str(tmp_path / "bad.jsonl"))
+    assert "bad.jsonl, line 2: no prompt found" in page.messages.message()
+    editor.remove_selected()
+    editor.list.selectAll()
+    editor.remove_selected()
+    table.run_button.click()
+    assert "has no prompts" in page.messages.message() and page.chat is None and not table.running
+
+    (tmp_path / "long.txt").write_text("Tell me a long story.\nAnd another one.\n")
+    assert editor.import_file(str(tmp_path / "long.txt")) and editor.prompt_set().name == "long"
+    page.max_tokens.setValue(300)
+    table.run_button.click()  # nothing loaded yet: the base model loads, then the set runs
+    qtbot.waitUntil(lambda: table.running, timeout=60_000)
+    assert [table.table.horizontalHeaderItem(c).text() for c in range(2)] == ["Prompt", "Base model"]
+    with qtbot.waitSignal(table.worker.piece, timeout=30_000):
+        pass
+    page.stop()
+    qtbot.waitUntil(lambda: not table.running, timeout=60_000)
+    result = table.result
+    assert result.stopped and result.done == 1 and result.answers[1] == [None]
+    assert result.answers[0][0].new_tokens < 300 and table.table.item(0, 1).text().endswith("[stopped]")
+    assert table.table.item(1, 1).text() == "" and table.status.text().startswith("Stopped after 1 of 2")
+    assert table.export_button.isEnabled() and page.send_button.isEnabled()
+    wait_workers(qtbot)

@@ -160,6 +160,9 @@ class ChatModel:
         self.lock = lock or threading.Lock()
         self.context_length = context_length or getattr(model.config, "max_position_embeddings", None) or 2048
         self.stop_ids = _stop_token_ids(tokenizer)
+        #: what was loaded, in the user's words (``load``/``attach_adapter`` fill them): reports name them
+        self.source: str | None = getattr(getattr(model, "config", None), "name_or_path", None) or None
+        self.adapter_path: Path | None = None
 
     @classmethod
     def load(
@@ -179,6 +182,7 @@ class ChatModel:
             source, quantization, dtype, double_quant=double_quant, trust_remote_code=trust_remote_code
         )
         chat = cls(model, tokenizer)
+        chat.source = source
         if adapter is not None:
             chat.attach_adapter(adapter)
         return chat
@@ -198,6 +202,7 @@ class ChatModel:
                 self.model.set_adapter("loaded")
             else:
                 self.model = PeftModel.from_pretrained(self.model, str(folder), is_trainable=False)
+        self.adapter_path = folder
         return folder
 
     # -- prompts ----------------------------------------------------------------------------

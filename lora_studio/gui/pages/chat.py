@@ -3,35 +3,40 @@
 Loading happens in a background worker ("Loading…" meanwhile); answers stream from a worker as
 queued ``piece`` signals which the page gathers and draws a few times a second. Stop sets the
 generation's cancel event (the core stops within a token). Side by side answers with the adapter
-switched off (left) and on (right), one after the other on the same loaded model. While the Train
-page's run is paused its model can be used directly ("current paused run"), through its lock.
+switched off (left) and on (right), one after the other on the same loaded model. The "Prompt set"
+tab runs a saved list of prompts through both (greedy by default) into a table that exports as
+Markdown. While the Train page's run is paused its model can be used directly ("current paused
+run"), through its lock.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
     QCheckBox,
-    QDoubleSpinBox,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
-    QSpinBox,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from lora_studio.core.chat import ChatError, Reply, Sampling
+from lora_studio.core.errors import LoraStudioError
+from lora_studio.core.prompt_sets import PromptSet, PromptSetError, sample_prompt_set
 from lora_studio.gui import workers
 from lora_studio.gui.pages import Page
-from lora_studio.gui.widgets.chat_view import PromptEdit, Transcript, Turn
-from lora_studio.gui.widgets.forms import Card, Foldable
+from lora_studio.gui.widgets.chat_view import PromptEdit, SamplingPanel, Transcript, Turn, reply_stats
+from lora_studio.gui.widgets.forms import Card
+from lora_studio.gui.widgets.prompt_set_editor import PromptSetEditor
+from lora_studio.gui.widgets.prompt_set_table import PromptSetTable
 from lora_studio.gui.widgets.sources import SourcePicker
 
 FLUSH_MS = 50  # streamed pieces are drawn at most this often
@@ -93,18 +98,13 @@ class ChatWorker(workers.Worker):
             self.answered.emit(side, reply)
 
 
-def reply_stats(reply: Reply) -> str:
-    first = f"first token {reply.first_token_s:.2f} s" if reply.first_token_s is not None else "no tokens"
-    parts = [f"{reply.new_tokens} tokens", f"{reply.tokens_per_s:.1f} tokens/s", first]
-    if reply.stopped:
-        parts.insert(0, "stopped")
-    return " · ".join(parts + reply.notes)
-
-
 class ChatPage(Page):
     key = "chat"
     title = "Chat"
-    summary = "Talk to the base model or your fine-tune, or put both side by side on the same question."
+    summary = (
+        "Talk to the base model or your fine-tune, put both side by side on one question, "
+        "or run a whole prompt set through both."
+    )
     icon = "chat"
 
     def __init__(self, state: Any, runs: Any, parent: QWidget | None = None) -> None:
@@ -116,14 +116,14 @@ class ChatPage(Page):
         self.history: dict[str, list[dict[str, str]]] = {"main": [], "base": [], "tuned": []}
         self.pending: dict[str, Turn] = {}
         self._buffer: dict[str, str] = {}
-        self._send_after_load = False
+        self._after_load: Callable[[], None] | None = None  # what Send or Run asked for, once loaded
+        self._greedy = {"conversation": False, "prompt set": True}  # the table is reproducible by default
         self._flush_timer = QTimer(self)
         self._flush_timer.setSingleShot(True)
         self._flush_timer.setInterval(FLUSH_MS)
         self._flush_timer.timeout.connect(self._flush)
         self.content.addWidget(self._model_card())
-        self.content.addWidget(self._conversation(), 1)
-        self.content.addLayout(self._input_row())
+        self.content.addWidget(self._modes(), 1)
         state.run_state_changed.connect(self._run_state)
         self.refresh_sources()
         self._update_buttons()
@@ -134,6 +134,7 @@ class ChatPage(Page):
         card = Card("Model")
         self.picker = SourcePicker()
         self.picker.chosen.connect(self.load)
+        self.picker.chosen.connect(lambda _choice: self.set_editor.samples_changed())
         self.model_status = QLabel("Nothing loaded yet: the model loads when you send the first message.")
         self.model_status.setObjectName("muted")
         self.model_status.setWordWrap(True)
@@ -150,38 +151,11 @@ class ChatPage(Page):
         self.system = QLineEdit()
         self.system.setPlaceholderText("System prompt (optional)")
         card.add(self.system)
-        card.add(self._sampling_panel())
+        self.sampling_panel = card.add(SamplingPanel())
+        panel = self.sampling_panel
+        self.temperature, self.top_p, self.top_k = panel.temperature, panel.top_p, panel.top_k
+        self.repetition, self.max_tokens, self.greedy = panel.repetition, panel.max_tokens, panel.greedy
         return card
-
-    def _sampling_panel(self) -> Foldable:
-        fold = Foldable("Sampling: temperature, top-p, top-k, repetition penalty, length")
-        form = QFormLayout(fold.content)
-        form.setContentsMargins(0, 0, 0, 0)
-        defaults = Sampling()
-
-        def number(value: float, low: float, high: float, step: float) -> QDoubleSpinBox:
-            box = QDoubleSpinBox()
-            box.setRange(low, high)
-            box.setSingleStep(step)
-            box.setDecimals(2)
-            box.setValue(value)
-            return box
-
-        self.temperature = number(defaults.temperature, 0.01, 5.0, 0.05)
-        self.top_p = number(defaults.top_p, 0.01, 1.0, 0.05)
-        self.repetition = number(defaults.repetition_penalty, 0.5, 3.0, 0.05)
-        self.top_k = QSpinBox()
-        self.top_k.setRange(0, 10_000)
-        self.top_k.setValue(defaults.top_k)
-        self.max_tokens = QSpinBox()
-        self.max_tokens.setRange(1, 32_768)
-        self.max_tokens.setValue(defaults.max_new_tokens)
-        self.greedy = QCheckBox("Greedy (always the most likely token: same answer every time)")
-        for label, widget in [("Temperature", self.temperature), ("Top-p", self.top_p), ("Top-k", self.top_k),
-                              ("Repetition penalty", self.repetition), ("Max new tokens", self.max_tokens),
-                              ("", self.greedy)]:  # fmt: skip
-            form.addRow(label, widget)
-        return fold
 
     def _conversation(self) -> QSplitter:
         self.views = {
@@ -195,6 +169,36 @@ class ChatPage(Page):
             self.splitter.addWidget(view)
         self._mode_changed(False)
         return self.splitter
+
+    def _modes(self) -> QTabWidget:
+        """Conversation (one message at a time) and Prompt set (a list of prompts into a table)."""
+        conversation = QWidget()
+        column = QVBoxLayout(conversation)
+        column.setContentsMargins(0, 8, 0, 0)
+        column.addWidget(self._conversation(), 1)
+        column.addLayout(self._input_row())
+        self.set_editor = PromptSetEditor()
+        self.set_editor.samples = self._sample_prompts
+        self.set_table = PromptSetTable()
+        self.set_editor.changed.connect(lambda: self.set_table.show_prompts(self.set_editor.prompt_set()))
+        self.set_editor.failed.connect(self.messages.show_error)
+        self.set_table.failed.connect(self.messages.show_error)
+        self.set_table.run_requested.connect(self.run_prompt_set)
+        self.set_table.busy_changed.connect(
+            lambda busy: (self.set_editor.set_busy(busy), self._update_buttons())
+        )
+        self.set_editor.samples_changed()  # the samples provider is set only now
+        prompt_sets = QSplitter(Qt.Orientation.Horizontal)
+        prompt_sets.addWidget(self.set_editor)
+        prompt_sets.addWidget(self.set_table)
+        prompt_sets.setStretchFactor(1, 2)
+        prompt_sets.setSizes([380, 760])
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(conversation, "Conversation")
+        self.tabs.addTab(prompt_sets, "Prompt set")
+        self.tabs.currentChanged.connect(self._tab_changed)
+        return self.tabs
 
     def _input_row(self) -> QHBoxLayout:
         self.prompt = PromptEdit()
@@ -246,15 +250,16 @@ class ChatPage(Page):
         self.loaded, self.loading = choice, False
         adapter = "adapter loaded" if self.chat.has_adapter else "no adapter"
         self.model_status.setText(f"Loaded: {description} · {adapter}")
+        self.set_table.set_columns(["Base model", "Fine-tuned"] if self.chat.has_adapter else ["Base model"])
         if not self.chat.has_adapter and self.side_by_side.isChecked():
             self.side_by_side.setChecked(False)
         self._update_buttons()
-        if self._send_after_load:
-            self._send_after_load = False
-            self.send()
+        then, self._after_load = self._after_load, None
+        if then is not None:
+            then()
 
     def _load_failed(self, error: Exception) -> None:
-        self.loading, self._send_after_load = False, False
+        self.loading, self._after_load = False, None
         self.model_status.setText("Not loaded: choose another model or adapter.")
         self.messages.show_error(error)
         self._update_buttons()
@@ -262,8 +267,7 @@ class ChatPage(Page):
     def _run_state(self, state: str, _detail: str) -> None:
         self.refresh_sources()
         if self.loaded and self.loaded[0] == "paused" and state != "paused":
-            if self.worker is not None:
-                self.worker.cancel.set()
+            self.stop()
             self.chat, self.loaded = None, None
             self.model_status.setText("The training run continued: its model is no longer available here.")
             self._update_buttons()
@@ -272,7 +276,7 @@ class ChatPage(Page):
 
     @property
     def generating(self) -> bool:
-        return self.worker is not None
+        return self.worker is not None or self.set_table.running
 
     def sides(self) -> list[tuple[str, bool]]:
         if self.side_by_side.isChecked():
@@ -280,14 +284,7 @@ class ChatPage(Page):
         return [("main", True)]
 
     def sampling(self) -> Sampling:
-        return Sampling(
-            temperature=self.temperature.value(),
-            top_p=self.top_p.value(),
-            top_k=self.top_k.value(),
-            repetition_penalty=self.repetition.value(),
-            max_new_tokens=self.max_tokens.value(),
-            greedy=self.greedy.isChecked(),
-        )
+        return self.sampling_panel.sampling()
 
     def send(self) -> None:
         if self.generating or self.loading:
@@ -305,9 +302,7 @@ class ChatPage(Page):
         except ChatError as exc:
             self.messages.show_error(exc)
             return
-        if self.chat is None:
-            self._send_after_load = True
-            self.load(self.picker.choice())
+        if not self._loaded_or_load(self.send):
             return
         self.messages.clear()
         self.prompt.clear()
@@ -328,9 +323,58 @@ class ChatPage(Page):
         self._update_buttons()
         workers.start(worker, on_errored=self._answer_failed, on_finished=self._answers_done)
 
+    def _loaded_or_load(self, then: Callable[[], None]) -> bool:
+        """True when a model is loaded; else load the chosen one and call ``then`` once it is."""
+        if self.chat is not None:
+            return True
+        self._after_load = then
+        self.load(self.picker.choice())
+        return False
+
     def stop(self) -> None:
         if self.worker is not None:
             self.worker.cancel.set()
+        self.set_table.stop()
+
+    # -- prompt set -------------------------------------------------------------------------------
+
+    def run_prompt_set(self) -> None:
+        """Answer the editor's prompts with base and fine-tuned (loading the model first if needed)."""
+        if self.generating or self.loading:
+            return
+        prompt_set = self.set_editor.prompt_set()
+        try:
+            prompt_set.check()
+            sampling = self.sampling()
+            sampling.check()
+        except LoraStudioError as exc:
+            self.messages.show_error(exc)
+            return
+        if not self._loaded_or_load(self.run_prompt_set):
+            return
+        self.messages.clear()
+        model = (
+            self.state.config.model.source if self.loaded and self.loaded[0] in ("base", "paused") else None
+        )
+        self.set_table.start(self.chat, prompt_set, sampling, model_name=model)
+
+    def _sample_prompts(self) -> PromptSet:
+        """The chosen run's sample prompts; the current settings' for the base model or a loose adapter."""
+        kind, path = self.picker.choice()
+        if kind in ("run", "checkpoint", "folder"):
+            try:
+                return sample_prompt_set(path)
+            except PromptSetError:
+                pass  # an adapter trained elsewhere: no run, so no sample prompts of its own
+        return sample_prompt_set(self.state.config, "Sample prompts (current settings)")
+
+    def _tab_changed(self, index: int) -> None:
+        """The system prompt and side by side belong to conversations; greedy is remembered per tab."""
+        prompt_sets = index == 1
+        self._greedy[self.tabs.tabText(1 - index).lower()] = self.greedy.isChecked()
+        self.greedy.setChecked(self._greedy[self.tabs.tabText(index).lower()])
+        self.system.setVisible(not prompt_sets)
+        self.side_by_side.setVisible(not prompt_sets)
 
     def clear(self) -> None:
         if self.generating:
@@ -389,6 +433,7 @@ class ChatPage(Page):
         self.clear_button.setEnabled(not busy)
         self.picker.setEnabled(not busy)
         self.side_by_side.setEnabled(not busy)
+        self.set_table.run_button.setEnabled(not busy)
 
     def apply_theme(self, theme: Any) -> None:
         for view in self.views.values():

@@ -15,7 +15,18 @@ from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeyEvent
-from PySide6.QtWidgets import QPlainTextEdit, QTextBrowser, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QPlainTextEdit,
+    QSpinBox,
+    QTextBrowser,
+    QWidget,
+)
+
+from lora_studio.core.chat import Reply, Sampling
+from lora_studio.gui.widgets.forms import Foldable
 
 _FENCE = re.compile(r"```[^\n`]*\n?(.*?)(?:```|$)", re.S)
 _INLINE = re.compile(r"`([^`\n]+)`")
@@ -44,6 +55,15 @@ def _prose(text: str) -> str:
     text = _INLINE.sub(lambda m: f'<code style="font-family:{MONO};">{m.group(1)}</code>', text)
     text = _BOLD.sub(r"<b>\1</b>", text)
     return text.replace("\n", "<br>")
+
+
+def reply_stats(reply: Reply) -> str:
+    """'12 tokens · 3.4 tokens/s · first token 0.21 s': under an answer, or as a table cell's tooltip."""
+    first = f"first token {reply.first_token_s:.2f} s" if reply.first_token_s is not None else "no tokens"
+    parts = [f"{reply.new_tokens} tokens", f"{reply.tokens_per_s:.1f} tokens/s", first]
+    if reply.stopped:
+        parts.insert(0, "stopped")
+    return " · ".join(parts + reply.notes)
 
 
 @dataclass
@@ -121,3 +141,47 @@ class PromptEdit(QPlainTextEdit):
             self.submitted.emit()
             return
         super().keyPressEvent(event)
+
+
+class SamplingPanel(Foldable):
+    """Temperature, top-p, top-k, repetition penalty, length and greedy, folded away: the defaults
+    are fine for most questions, and the values are one click from view."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Sampling: temperature, top-p, top-k, repetition penalty, length", parent)
+        form = QFormLayout(self.content)
+        form.setContentsMargins(0, 0, 0, 0)
+        defaults = Sampling()
+
+        def number(value: float, low: float, high: float, step: float) -> QDoubleSpinBox:
+            box = QDoubleSpinBox()
+            box.setRange(low, high)
+            box.setSingleStep(step)
+            box.setDecimals(2)
+            box.setValue(value)
+            return box
+
+        self.temperature = number(defaults.temperature, 0.01, 5.0, 0.05)
+        self.top_p = number(defaults.top_p, 0.01, 1.0, 0.05)
+        self.repetition = number(defaults.repetition_penalty, 0.5, 3.0, 0.05)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(0, 10_000)
+        self.top_k.setValue(defaults.top_k)
+        self.max_tokens = QSpinBox()
+        self.max_tokens.setRange(1, 32_768)
+        self.max_tokens.setValue(defaults.max_new_tokens)
+        self.greedy = QCheckBox("Greedy (always the most likely token: same answer every time)")
+        for label, widget in [("Temperature", self.temperature), ("Top-p", self.top_p), ("Top-k", self.top_k),
+                              ("Repetition penalty", self.repetition), ("Max new tokens", self.max_tokens),
+                              ("", self.greedy)]:  # fmt: skip
+            form.addRow(label, widget)
+
+    def sampling(self) -> Sampling:
+        return Sampling(
+            temperature=self.temperature.value(),
+            top_p=self.top_p.value(),
+            top_k=self.top_k.value(),
+            repetition_penalty=self.repetition.value(),
+            max_new_tokens=self.max_tokens.value(),
+            greedy=self.greedy.isChecked(),
+        )
