@@ -26,6 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(autouse=True)
 def _runs_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("LORA_STUDIO_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("LORA_STUDIO_CONFIG_DIR", str(tmp_path / "config"))  # saved prompt sets
 
 
 @pytest.fixture(scope="session")
