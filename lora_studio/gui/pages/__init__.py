@@ -20,8 +20,9 @@ from lora_studio.gui.run_controller import RunController
 from lora_studio.gui.state import AppState
 from lora_studio.gui.widgets.messages import MessageBar
 
-#: Navigation order (DESIGN.md §7: Model → Data → Train → Chat → Export → Runs).
-PAGES = ["model", "data", "train", "chat", "export", "runs"]
+#: Navigation order (DESIGN.md §7: Model → Data → Train → Chat → Export → Runs; Evaluate sits before
+#: Runs, whose Evaluate… action opens it).
+PAGES = ["model", "data", "train", "chat", "export", "evaluate", "runs"]
 
 
 class Page(QWidget):

@@ -129,6 +129,12 @@ class RunsPage(Page):
             ),
             ("chat", "Use in Chat", "Talk to this run's final adapter on the Chat page.", self.use_in_chat),
             (
+                "evaluate",
+                "Evaluate…",
+                "Measure this run on held-out data against its base model, on the Evaluate page.",
+                self.evaluate,
+            ),
+            (
                 "duplicate",
                 "Duplicate settings",
                 "Load this run's settings into the Train page.",
@@ -143,6 +149,7 @@ class RunsPage(Page):
             bar.addWidget(button)
             self.buttons[key] = button
         self.buttons["chat"].setVisible("chat" in PAGES)
+        self.buttons["evaluate"].setVisible("evaluate" in PAGES)
         self.content.addLayout(bar)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("runsTable")
@@ -159,6 +166,11 @@ class RunsPage(Page):
         from lora_studio.gui.widgets.run_compare import RunCompare  # pyqtgraph: only when built
 
         self.compare = RunCompare()
+        from lora_studio.gui.widgets.eval_runs import EvaluationList
+
+        self.evaluations = EvaluationList()
+        self.evaluations.open_requested.connect(self.open_evaluation)
+        self.compare.tabs.addTab(self.evaluations, "Evaluations")
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.table)
         splitter.addWidget(self.compare)
@@ -254,6 +266,7 @@ class RunsPage(Page):
         self._update_buttons()
         ids = self.selected_ids()
         paths = {i: Path(self.summaries[i]["path"]) for i in ids if i in self.summaries}
+        self.evaluations.show_runs(paths)
         from lora_studio.gui.widgets.run_compare import MetricsTail
 
         self.tails = {i: MetricsTail(p / "metrics.jsonl") for i, p in paths.items()}
@@ -320,6 +333,7 @@ class RunsPage(Page):
             one and Path(self.summaries.get(ids[0], {}).get("path", "")) / "adapter" / "adapter_config.json"
         )
         self.buttons["chat"].setEnabled(bool(adapter) and adapter.is_file())
+        self.buttons["evaluate"].setEnabled(one and states[0] not in ("running", "unreadable"))
         self.buttons["duplicate"].setEnabled(one and states[0] != "unreadable")
         self.buttons["rename"].setEnabled(one and states[0] != "running")
         self.buttons["delete"].setEnabled(bool(ids) and "running" not in states)
@@ -357,6 +371,24 @@ class RunsPage(Page):
         chat.refresh_sources()
         chat.picker.select("run", str(folder.path))
         return chat.picker.choice() == ("run", str(folder.path))
+
+    def evaluate(self, run_dir: Path | None = None) -> Any:
+        """Show the Evaluate page with this run chosen (its adapter vs its base, on its held-out data);
+        returns the page, or None."""
+        folder = self._selected_folder()
+        run_dir = run_dir or (folder.path if folder else None)
+        page = getattr(self.window(), "pages", {}).get("evaluate") if "evaluate" in PAGES else None
+        if run_dir is None or page is None:
+            return None
+        self.navigate.emit("evaluate")
+        page.evaluate_run(run_dir)
+        return page
+
+    def open_evaluation(self, evaluation: dict[str, Any]) -> None:
+        """A saved evaluation (double-clicked in the Evaluations tab) in full on the Evaluate page."""
+        page = self.evaluate(Path(evaluation["path"]).parent.parent)
+        if page is not None:
+            page.show_saved(evaluation)
 
     def duplicate(self) -> None:
         folder = self._selected_folder()

@@ -22,6 +22,9 @@ _TITLES = {
     "TrainingError": "Training failed",
     "RunFolderError": "Problem with the run folder",
     "CancelledError": "Cancelled",
+    "ChatError": "Problem with the chat",
+    "ExportError": "Export failed",
+    "EvaluationError": "Cannot evaluate",
 }
 
 
