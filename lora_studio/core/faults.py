@@ -2,15 +2,21 @@
 
 Set ``LORA_STUDIO_FAULTS`` to a comma-separated list such as ``oom@3,nan@2,checkpoint_pause@4:30``
 (kind @ step [: seconds]) — or pass the same string to the engine — to raise an out-of-memory
-error, produce a NaN loss, or pause inside a checkpoint write at that step. Exports understand
-``export_fail@N`` (an I/O error part-way through the N-th file or folder written, counting from 1)
-and ``low_disk`` (free space reported as a tenth of what the export needs). Unset in normal use,
-where every check is one dict lookup.
+error, produce a NaN loss, or pause inside a checkpoint write at that step. ``load_error`` and
+``data_error`` raise what a library would raise while loading the model or tokenizing the data.
+Exports understand ``export_fail@N`` (an I/O error part-way through the N-th file or folder
+written, counting from 1) and ``low_disk`` (free space reported as a tenth of what the export
+needs). Chat understands ``generate_error@N`` (the N-th answer of one loaded model fails inside
+``generate``). ``write_pause@N:S`` holds the N-th file or folder written by this process (``@0``:
+every one) for S seconds after its content is on disk and before it is renamed into place — the
+moment a kill tests that saves are atomic. Unset in normal use, where every check is one dict lookup.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 from dataclasses import dataclass
 
 KINDS = (
@@ -23,7 +29,11 @@ KINDS = (
     "data_error",
     "export_fail",
     "low_disk",
+    "generate_error",
+    "write_pause",
 )
+
+_writes = itertools.count(1)  # files and folders renamed into place by this process
 
 
 @dataclass(frozen=True)
@@ -48,3 +58,19 @@ def parse_faults(spec: str | None = None) -> dict[str, Fault]:
 def due(faults: dict[str, Fault], kind: str, step: int) -> Fault | None:
     fault = faults.get(kind)
     return fault if fault is not None and fault.step == step else None
+
+
+def pause_before_rename() -> None:
+    """Called by every atomic writer between "content written" and "renamed into place".
+
+    With ``write_pause`` unset this costs one environment lookup; set, it sleeps so that a test can
+    SIGKILL the process at the one moment where a non-atomic save would leave a torn file.
+    """
+    if "write_pause" not in os.environ.get("LORA_STUDIO_FAULTS", ""):
+        return
+    fault = parse_faults().get("write_pause")
+    if fault is None:
+        return
+    number = next(_writes)
+    if fault.step in (0, number):
+        time.sleep(fault.seconds)
