@@ -215,7 +215,7 @@ class HumanPrinter:
             self._summary(event)
         elif isinstance(event, ev.Failed) and event.run_dir:
             # the error itself is printed once, by the command's error handler
-            self.out(f"Run failed at step {event.step}; run folder: {event.run_dir}")
+            self.out(f"Run failed after step {event.step}; run folder: {event.run_dir}")
 
     def _summary(self, event: ev.Finished) -> None:
         self.out("")

@@ -160,6 +160,7 @@ class ChatModel:
         self.lock = lock or threading.Lock()
         self.context_length = context_length or getattr(model.config, "max_position_embeddings", None) or 2048
         self.stop_ids = _stop_token_ids(tokenizer)
+        self._generations = 0  # counted for the generate_error fault (tests only)
         #: what was loaded, in the user's words (``load``/``attach_adapter`` fill them): reports name them
         self.source: str | None = getattr(getattr(model, "config", None), "name_or_path", None) or None
         self.adapter_path: Path | None = None
@@ -316,7 +317,12 @@ class ChatModel:
 
         import torch
 
+        from lora_studio.core.faults import due, parse_faults
+
         with self.lock:
+            self._generations += 1
+            if due(parse_faults(), "generate_error", self._generations):
+                raise RuntimeError("injected fault during generation")
             model = self.model
             was_training = model.training
             model.eval()
@@ -382,4 +388,7 @@ def _translate(exc: BaseException) -> BaseException:
             "Out of memory while generating",
             hint="lower max new tokens, shorten the conversation (Clear), or load the model in 4-bit",
         )
-    return ChatError(f"Generation failed: {type(exc).__name__}: {exc}")
+    return ChatError(
+        f"Generation failed: {type(exc).__name__}: {exc}",
+        hint="send the message again; if it fails again, choose the model again to reload it",
+    )

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lora_studio.core.errors import ConfigError
+from lora_studio.core.faults import pause_before_rename
 
 SCHEMA_VERSION = 1
 
@@ -579,6 +580,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        pause_before_rename()  # fault injection only: where a kill would tear a non-atomic save
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -11,10 +11,12 @@ run from its last complete checkpoint. Everything the outside world learns arriv
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import shutil
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,14 @@ OOM_HINT = (
     "reduce memory: lower training.batch_size (raise grad_accum to keep the effective batch), lower "
     "data.max_seq_len, use 4-bit quantization (model.quantization = 'nf4'), or turn on "
     "training.gradient_checkpointing"
+)
+FAILED_HINT = (
+    "start the run again, or resume it from its last checkpoint (Runs page, or `lora-studio train "
+    "--resume`); if it fails the same way again, report it with the run folder's status.json"
+)
+MODEL_FAILED_HINT = (
+    "check the model (model.source): its files may be incomplete or unreadable — load it again on the "
+    "Model page or copy it again — then start the run again"
 )
 NAN_HINT = (
     "lower training.learning_rate (e.g. divide it by 10), keep max_grad_norm at 1.0, and prefer "
@@ -64,15 +74,17 @@ def train(
     ``pause``, while set, holds training at the next step boundary (the model is then free for
     chat through ``shared_model["lock"]``); clearing it continues with no step lost.
     """
-    return TrainingRun(
-        config,
-        listener,
-        cancel=cancel,
-        pause=pause,
-        runs_root=runs_root,
-        faults=faults,
-        shared_model=shared_model,
-    ).run()
+    return _run_and_release(
+        TrainingRun(
+            config,
+            listener,
+            cancel=cancel,
+            pause=pause,
+            runs_root=runs_root,
+            faults=faults,
+            shared_model=shared_model,
+        )
+    )
 
 
 def resume(
@@ -96,15 +108,37 @@ def resume(
             f"{folder.path}: no complete checkpoint to resume from",
             hint="start the run again; checkpoints are written every training.save_steps",
         )
-    return TrainingRun(
-        folder.config(),
-        listener,
-        cancel=cancel,
-        pause=pause,
-        faults=faults,
-        resume_folder=folder,
-        shared_model=shared_model,
-    ).run()
+    return _run_and_release(
+        TrainingRun(
+            folder.config(),
+            listener,
+            cancel=cancel,
+            pause=pause,
+            faults=faults,
+            resume_folder=folder,
+            shared_model=shared_model,
+        )
+    )
+
+
+def _run_and_release(run: TrainingRun) -> RunResult:
+    """Run, then let go of the model, optimizer and data whatever the outcome.
+
+    A long-lived caller (the GUI trains many runs in one process) must get its memory back after
+    each one: the failure's traceback would otherwise keep the trainer, model and optimizer alive
+    through its frames for as long as the exception is kept, and CUDA's cache would keep the
+    freed blocks reserved.
+    """
+    try:
+        return run.run()
+    except BaseException as exc:
+        error: BaseException | None = exc
+        while error is not None:  # the frames' variables go; file, line and message stay for the log
+            traceback.clear_frames(error.__traceback__)
+            error = error.__cause__ or error.__context__
+        raise
+    finally:
+        run.release()
 
 
 class TrainingRun:
@@ -132,6 +166,8 @@ class TrainingRun:
         self.resuming = resume_folder is not None
         self.shared_model = shared_model if shared_model is not None else {}
         self.step = 0
+        self.phase = "starting"  # what the run is doing, in words: failures name it
+        self.current_step = 0  # the training step being computed (self.step: the last one done)
         self.world = World(0, 1, 0)
         self.model: Any = None
         self.tokenizer: Any = None
@@ -189,7 +225,7 @@ class TrainingRun:
         self.emit(ev.Phase("preparing data", cfg.data.path))
         self.tokenizer = load_tokenizer(self.resolved.path, trust_remote_code=cfg.model.trust_remote_code)
         if self.faults.get("data_error"):
-            raise TrainingError("injected fault: data preparation failed")
+            raise ValueError("injected fault while tokenizing the dataset")
         self.data = prepare_dataset(cfg.data, self.tokenizer, seed=cfg.training.seed, cancel=self.cancel)
         self.check_cancel()
 
@@ -212,7 +248,7 @@ class TrainingRun:
         self.dtype = pick_dtype(cfg.model.compute_dtype, self.device)
         self.emit(ev.Phase("loading model", f"{self.info.name} ({cfg.model.quantization})"))
         if self.faults.get("load_error"):
-            raise TrainingError("injected fault: model loading failed")
+            raise OSError(errno.EIO, "Input/output error (injected fault while reading the weights)")
         model, _ = load_model(
             str(self.resolved.path),
             cfg.model.quantization,
@@ -350,20 +386,32 @@ class TrainingRun:
         """Turn library failures into messages a user can act on."""
         import torch
 
+        step = max(self.step, self.current_step)  # the step that failed, not the last one done
         if isinstance(exc, torch.OutOfMemoryError | MemoryError):
             where = "GPU" if isinstance(exc, torch.OutOfMemoryError) else "system"
-            return OutOfMemoryError(f"Out of {where} memory at step {self.step}", hint=OOM_HINT)
+            return OutOfMemoryError(f"Out of {where} memory at step {step}", hint=OOM_HINT)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             target = self.folder.path if self.folder else "the runs folder"
             return TrainingError(
-                f"Disk full while writing to {target} at step {self.step}",
+                f"Disk full while writing to {target} at step {step}",
                 hint="free disk space (or lower training.save_total_limit) and resume the run",
             )
-        return TrainingError(f"Training failed at step {self.step}: {type(exc).__name__}: {exc}")
+        where = f"at step {step}" if self.phase == "training" else f"while {self.phase}"
+        hints = {
+            "resolving model": MODEL_FAILED_HINT,
+            "loading model": MODEL_FAILED_HINT,
+            "preparing data": "check the dataset (data.path) on the Data page or with `lora-studio "
+            "inspect-data`, then start the run again",
+        }
+        return TrainingError(
+            f"Training failed {where}: {type(exc).__name__}: {exc}", hint=hints.get(self.phase, FAILED_HINT)
+        )
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def emit(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Phase | ev.RunStarted):
+            self.phase = event.name if isinstance(event, ev.Phase) else "training"
         if self._listener is None or not self.world.is_main:
             return
         try:
@@ -383,6 +431,19 @@ class TrainingRun:
     def check_cancel(self) -> None:
         if self.cancel.is_set():
             raise CancelledError("Cancelled by the user")
+
+    def release(self) -> None:
+        """Drop the model, tokenizer and data (also from ``shared_model``) and return freed memory."""
+        for key in ("model", "tokenizer", "lock"):
+            if self.shared_model.get(key) is getattr(self, key, None):
+                self.shared_model.pop(key, None)
+        self.model = self.tokenizer = self.data = None
+        gc.collect()  # the Trainer, its callbacks and peft's hooks form cycles that hold the model
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # back to the pre-run reserved level, visible to other programs
 
 
 def wrap_with_lora(model: Any, config: RunConfig) -> Any:

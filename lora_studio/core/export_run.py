@@ -374,7 +374,7 @@ def _failure(fmt: str, exc: BaseException, out: Path, finished: list[str]) -> Lo
         return ExportError(f"Out of memory while writing {fmt}", hint="close other programs and try again")
     return ExportError(
         f"Export of {fmt} failed: {type(exc).__name__}: {exc}",
-        hint=f"nothing of {fmt} was left in {out}{done}",
+        hint=f"check that {out} can be written to, then export again (nothing of {fmt} was left there{done})",
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from lora_studio.core.config import RunConfig, atomic_write_text
 from lora_studio.core.errors import LoraStudioError
+from lora_studio.core.faults import pause_before_rename
 from lora_studio.core.paths import runs_dir as default_runs_dir
 
 STATES = ("running", "completed", "cancelled", "failed", "interrupted")
@@ -257,6 +258,7 @@ def _append_line(path: Path, record: dict[str, Any]) -> None:
 
 def replace_dir(staging: Path, target: Path) -> None:
     """Move a fully written folder into place, replacing an older one of the same name."""
+    pause_before_rename()  # fault injection only: where a kill would tear a non-atomic save
     if target.exists():
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)

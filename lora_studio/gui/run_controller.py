@@ -141,7 +141,7 @@ class RunController(QObject):
         self.worker = None
         if self._failed_seen:
             outcome = "failed"
-            self.state.set_run_state("failed", f"at step {self.step}")
+            self.state.set_run_state("failed", f"after step {self.step}")
         elif self._finished_status == "completed":
             outcome = "completed"
             self.state.set_run_state("completed", f"{self.step} steps")

@@ -227,7 +227,7 @@ class TrainPage(Page):
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
-        self.progress.setFormat("Failed at step %v" if self.progress.value() > 0 else "Failed")
+        self.progress.setFormat("Failed after step %v" if self.progress.value() > 0 else "Failed")
 
     def _on_run_state(self, state: str, _detail: str) -> None:
         active = state in ("starting", "running", "paused", "stopping")

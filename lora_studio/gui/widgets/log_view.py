@@ -60,7 +60,7 @@ def event_text(event: Any) -> str:
         loss = f", final loss {event.final_loss:.4f}" if event.final_loss is not None else ""
         return f"Run {event.status} at step {event.step} in {event.elapsed_s:.0f} s{loss}. Folder: {event.run_dir}"
     if isinstance(event, ev.Failed):
-        return f"Run failed at step {event.step}: {event.message}" + (
+        return f"Run failed after step {event.step}: {event.message}" + (
             f" — {event.hint}" if event.hint else ""
         )
     return ""
