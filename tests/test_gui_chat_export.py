@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from gui_helpers import tiny_config, write_chat
 
+from lora_studio.core.prompt_sets import PromptSet
 from lora_studio.gui import workers
 
 
@@ -228,4 +229,25 @@ def test_prompt_set_errors_load_on_run_and_stop(qtbot, tiny_model_dir, tmp_path)
     assert result.answers[0][0].new_tokens < 300 and table.table.item(0, 1).text().endswith("[stopped]")
     assert table.table.item(1, 1).text() == "" and table.status.text().startswith("Stopped after 1 of 2")
     assert table.export_button.isEnabled() and page.send_button.isEnabled()
+    wait_workers(qtbot)
+
+
+def test_prompt_set_generation_failure_keeps_the_answers_so_far(qtbot, tiny_model_dir, tmp_path, monkeypatch):
+    page = make_page(qtbot, "chat", tiny_model_dir, tmp_path)
+    table = page.set_table
+    page.max_tokens.setValue(4)
+    page.tabs.setCurrentIndex(1)
+    page.set_editor.show_set(PromptSet("three", ["One?", "Two?", "Three?"]))
+    monkeypatch.setenv("LORA_STUDIO_FAULTS", "generate_error@2")  # the second answer fails in generate
+    table.run_button.click()
+    qtbot.waitUntil(lambda: table.running, timeout=60_000)
+    qtbot.waitUntil(lambda: not table.running, timeout=60_000)
+    assert "Generation failed" in page.messages.message()
+    assert table.result is None and not table.export_button.isEnabled()
+    assert table.table.item(0, 1).text() != "" and table.table.item(1, 1).text() == ""
+    assert table.status.text().startswith("Not finished") and table.run_button.isEnabled()
+    monkeypatch.delenv("LORA_STUDIO_FAULTS")
+    table.run_button.click()  # the same loaded model answers the whole set next time
+    qtbot.waitUntil(lambda: not table.running, timeout=60_000)
+    assert table.result is not None and table.result.done == 3
     wait_workers(qtbot)
