@@ -195,6 +195,16 @@ def test_nan_loss_stops_with_a_clear_message(tiny_model_dir, chat_file, tmp_path
     assert all(m.get("loss") is not None for m in run.metrics())  # no NaN rows written
 
 
+def test_an_unexpected_failure_keeps_its_traceback_in_the_run_folder(tiny_model_dir, chat_file, tmp_path):
+    """The message is short; the details a bug report needs are in ``error.log``."""
+    with pytest.raises(TrainingError, match="at step 2") as info:
+        train(make_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=4), faults="error@2")
+    assert "error.log" in info.value.hint
+    run = list_runs(tmp_path / "runs")[0]
+    text = (run.path / "error.log").read_text()
+    assert text.startswith("Traceback") and "injected" in text and "training_step" in text
+
+
 def test_gradient_checkpointing_gives_the_same_first_loss(tiny_model_dir, chat_file, tmp_path):
     plain, checkpointed = Recorder(), Recorder()
     train(make_config(tiny_model_dir, chat_file, tmp_path / "a", max_steps=1, sample_prompts=[]), plain)

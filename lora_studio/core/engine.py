@@ -37,7 +37,7 @@ OOM_HINT = (
 )
 FAILED_HINT = (
     "start the run again, or resume it from its last checkpoint (Runs page, or `lora-studio train "
-    "--resume`); if it fails the same way again, report it with the run folder's status.json"
+    "--resume`); if it fails the same way again, report it with the run folder's error.log"
 )
 MODEL_FAILED_HINT = (
     "check the model (model.source): its files may be incomplete or unreadable — load it again on the "
@@ -202,6 +202,7 @@ class TrainingRun:
             raise
         except Exception as exc:
             error = self._translate(exc)
+            self._keep_traceback(exc)
             self._fail(error)
             raise error from exc
 
@@ -362,6 +363,17 @@ class TrainingRun:
             )
         )
         return RunResult("cancelled", self.folder.path, adapter, self.step, None, None)
+
+    def _keep_traceback(self, exc: Exception) -> None:
+        """An unexpected failure's traceback goes to the log and to ``error.log`` in the run folder:
+        the message a user sees is short, and the report the hint asks for needs the details."""
+        log.error("run failed", exc_info=exc)
+        if self.folder is not None:
+            try:
+                text = "".join(traceback.format_exception(exc))
+                (self.folder.path / "error.log").write_text(text, encoding="utf-8")
+            except OSError:
+                pass  # e.g. the disk is full: the status still records the failure
 
     def _fail(self, error: LoraStudioError) -> None:
         if self.folder is not None:
