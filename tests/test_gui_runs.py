@@ -123,6 +123,12 @@ def test_compares_runs_with_the_settings_that_differ_and_their_samples(qtbot, pa
     page.compare.tokens_axis.setChecked(True)
     x, _ = page.compare.loss.values(f"{ids[0]}:loss")
     assert x[-1] == 1000
+    page.select([ids[0]])  # one run: every setting, not an empty "differ" table
+    tab = page.compare.tabs.indexOf(diff)
+    qtbot.waitUntil(lambda: page.compare.tabs.tabText(tab) == "Settings", timeout=10_000)
+    qtbot.waitUntil(lambda: diff.rowCount() > 20, timeout=10_000)
+    settings = {diff.verticalHeaderItem(r).text(): diff.item(r, 0).text() for r in range(diff.rowCount())}
+    assert settings["training.learning_rate"] == "0.0001" and "model.source" in settings
 
 
 def test_delete_asks_first_and_removes_the_folder(qtbot, page, monkeypatch):

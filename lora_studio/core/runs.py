@@ -296,8 +296,9 @@ def _writer_alive(status: dict[str, Any]) -> bool:
         return False
 
 
-def config_diff(runs: list[RunFolder]) -> dict[str, list[Any]]:
-    """Dotted setting → each run's value, for the settings that differ (what a comparison shows)."""
+def config_diff(runs: list[RunFolder], *, only_different: bool = True) -> dict[str, list[Any]]:
+    """Dotted setting → each run's value, for the settings that differ (what a comparison shows),
+    or for every setting (what one run's details show)."""
     flats = []
     for run in runs:
         config, _ = run.config_with_notes()
@@ -310,7 +311,7 @@ def config_diff(runs: list[RunFolder]) -> dict[str, list[Any]]:
     return {
         key: [flat.get(key) for flat in flats]
         for key in keys
-        if len({json.dumps(flat.get(key), sort_keys=True) for flat in flats}) > 1
+        if not only_different or len({json.dumps(flat.get(key), sort_keys=True) for flat in flats}) > 1
     }
 
 

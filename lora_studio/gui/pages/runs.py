@@ -276,7 +276,7 @@ class RunsPage(Page):
         def load(cancel: threading.Event) -> tuple[dict[str, int], dict[str, Any], dict[str, Any]]:
             counts = {i: tail.read_new() for i, tail in tails.items()}
             folders = [RunFolder(p) for p in paths.values()]
-            diff = config_diff(folders) if len(folders) > 1 else {}
+            diff = config_diff(folders, only_different=len(folders) > 1) if folders else {}
             samples = {i: RunFolder(p).samples() for i, p in paths.items()}
             return counts, diff, samples
 

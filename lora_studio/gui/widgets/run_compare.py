@@ -189,8 +189,10 @@ class RunCompare(QWidget):
                 )
                 table.setItem(row, col, QTableWidgetItem(text))
         table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        if len(names) < 2:
-            table.setRowCount(0)
+        # one run: all its settings; several: only those that differ
+        self.tabs.setTabText(
+            self.tabs.indexOf(table), "Settings" if len(names) < 2 else "Settings that differ"
+        )
 
     def set_samples(self, names: list[str], samples: dict[str, list[dict[str, Any]]]) -> None:
         answers: dict[str, dict[str, str]] = {}
