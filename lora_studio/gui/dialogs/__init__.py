@@ -1,0 +1,1 @@
+"""Dialogs opened from the Help menu: the System check and About / Settings."""
