@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -154,13 +155,59 @@ def test_a_pre_ampere_gpu_trains_in_fp16():
 def test_advice_when_it_does_not_fit_names_single_changes_with_their_savings():
     estimate = estimate_memory(
         EstimateRequest(
-            "catalog:Llama-3.1-8B", quantization="nf4", vram_bytes=find_gpu("RTX 3060").memory_bytes
+            "catalog:Llama-3.1-8B",
+            quantization="nf4",
+            seq_len=2048,
+            vram_bytes=find_gpu("RTX 3060").memory_bytes,
         )
     )
     assert estimate.fits is False
     text = "\n".join(estimate.advice)
     assert "gradient checkpointing" in text and "saves" in text and "(fits)" in text
     assert "8-bit optimizer" in text and "LoRA rank" in text
+
+
+SAVERS = {
+    "Keep embeddings and lm_head in bf16": {"lean_kbit_prep": True},
+    "Compute the loss in chunks": {"chunked_loss": True},
+    "Offload checkpointed activations to CPU memory": {"checkpoint_offload": True},
+}
+
+
+def test_advice_names_each_memory_saver_that_is_off_with_the_estimators_own_saving():
+    """The standard transformers + peft path on a 12 GB card: each exact saver, and what it saves."""
+    standard = EstimateRequest(
+        "catalog:Llama-3.1-8B",
+        quantization="nf4",
+        double_quant=True,
+        lora_r=32,
+        seq_len=2048,
+        gradient_checkpointing=True,
+        lean_kbit_prep=False,
+        chunked_loss=False,
+        vram_bytes=12 * GIB,
+    )
+    estimate = estimate_memory(standard)
+    assert estimate.fits is False
+    for saver, change in SAVERS.items():
+        line = next(a for a in estimate.advice if a.startswith(saver))
+        saved = estimate.total_bytes - estimate_memory(replace(standard, **change)).total_bytes
+        assert saved > 0.3 * GIB and f"saves {saved / GIB:.2f} GB" in line, line
+    ours = replace(
+        standard, **{k: v for change in SAVERS.values() for k, v in change.items()}, vram_bytes=4 * GIB
+    )
+    advice = estimate_memory(ours).advice
+    assert not any(a.startswith(tuple(SAVERS)) for a in advice), advice
+
+
+def test_advice_offers_offloaded_checkpointing_when_checkpointing_is_off():
+    req = EstimateRequest("catalog:Llama-3.1-8B", quantization="nf4", seq_len=4096, vram_bytes=12 * GIB)
+    line = next(
+        a for a in estimate_memory(req).advice if a.startswith("Turn on offloaded gradient checkpointing")
+    )
+    assert "(fits)" in line
+    cpu = estimate_memory(replace(req, device="cpu", vram_bytes=8 * GIB)).advice
+    assert not any("offload" in a for a in cpu)  # offloading to the host means nothing on a CPU
 
 
 def test_advice_when_it_fits_gives_the_largest_batch_and_sequence():
@@ -228,9 +275,12 @@ def run_cli(*args):
 
 
 def test_cli_prints_an_aligned_table_with_verdict_and_advice(capsys):
-    assert run_cli("--model", "catalog:Llama-3.1-8B", "--quant", "nf4", "--gpu", "RTX 3060") == 0
+    standard = ("--peft-prep", "--full-loss", "--grad-checkpointing", "--seq-len", "2048")
+    assert run_cli("--model", "catalog:Llama-3.1-8B", "--quant", "nf4", "--gpu", "RTX 3060", *standard) == 0
     out = capsys.readouterr().out
-    assert "Quantized weights" in out and "Verdict: does NOT fit" in out and "gradient checkpointing" in out
+    assert "Quantized weights" in out and "Verdict: does NOT fit" in out
+    assert "gradient checkpointing, peft fp32 preparation, full loss, on RTX 3060" in out
+    assert "Compute the loss in chunks" in out and "(training.checkpoint_offload; --offload)" in out
     rows = [line for line in out.splitlines() if line[:1].isalpha() and line.split()[-1].count(".") == 1]
     assert rows
     table = [line for line in out.splitlines() if line.startswith(("Quantized weights", "Total"))]

@@ -134,3 +134,29 @@ def test_chunked_loss_applies_final_logit_softcapping():
     expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1))
     got = chunked_causal_lm_loss(hidden, head, labels, chunk=4, softcap=5.0)
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_loss_chunks_hold_a_bounded_number_of_logits_whatever_the_vocabulary():
+    from lora_studio.core.memory_saving import LOSS_CHUNK_ELEMENTS, loss_chunk_tokens
+
+    assert [loss_chunk_tokens(v) for v in (128256, 152064, 49152, 256000)] == [256, 192, 640, 128]
+    assert loss_chunk_tokens(1000) == 1024 and loss_chunk_tokens(10**7) == 64  # the bounds
+    for vocab in (32000, 49152, 128256, 151936, 152064, 256000):
+        tokens = loss_chunk_tokens(vocab)
+        assert tokens % 64 == 0 and tokens * vocab <= LOSS_CHUNK_ELEMENTS
+
+
+def test_chunked_loss_under_autocast_matches_the_standard_loss_under_autocast(lora_model):
+    """The Trainer runs both under the same mixed precision (bf16 autocast here, as on a GPU)."""
+    inputs = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        standard = lora_model(**inputs).loss
+    standard.backward()
+    expected = grads(lora_model)
+    lora_model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        chunked = chunked_forward_loss(lora_model, inputs, chunk=16)
+    chunked.backward()
+    assert chunked.item() == pytest.approx(standard.item(), rel=1e-3)
+    for name, grad in grads(lora_model).items():
+        torch.testing.assert_close(grad, expected[name], rtol=2e-2, atol=1e-5, msg=name)

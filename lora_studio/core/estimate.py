@@ -29,6 +29,7 @@ from lora_studio.core.estimate_terms import (
     quantized_weight_bytes,
     unquantized_weight_bytes,
 )
+from lora_studio.core.memory_saving import loss_chunk_tokens
 
 if TYPE_CHECKING:
     import torch
@@ -41,8 +42,6 @@ GIB = 2**30
 CUDA_CONTEXT_BYTES = 600 * 2**20
 #: The caching allocator's rounding and fragmentation, as a fraction of the tensors' peak.
 ALLOCATOR_SLACK = 0.05
-#: Tokens per chunk of the engine's chunked cross-entropy (``memory_saving.DEFAULT_CHUNK``).
-CHUNK_TOKENS = 1024
 
 QUANTIZATIONS = ("none", "int8", "nf4", "fp4")
 COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -145,9 +144,10 @@ class Plan:
 
     @property
     def autocast(self) -> bool:
-        """The Trainer runs ``model.forward`` under bf16/fp16 autocast on CUDA; the engine's chunked
-        loss calls the decoder directly, outside that wrapper."""
-        return self.device == "cuda" and self.compute_bytes == 2 and not self.chunked_loss
+        """The Trainer runs ``model.forward`` under bf16/fp16 autocast on CUDA, and the engine's
+        chunked loss runs the decoder and the head under the same autocast (``accelerator.autocast``):
+        matmul inputs are saved as 16-bit copies instead of peft's fp32 adapter inputs."""
+        return self.device == "cuda" and self.compute_bytes == 2
 
     @property
     def offload(self) -> bool:
@@ -365,7 +365,7 @@ def _activation_terms(plan: Plan, *, grads: int, trainable: int) -> tuple[int, i
         base_fp32 = plan.quantization == "none" and plan.compute_bytes == 4
         dora_copies = dora_weight_copies(plan.lora, dropout=plan.lora_dropout > 0, base_fp32=base_fp32)
     head_bytes = 4 if plan.compute_bytes == 4 or plan.upcast else 2
-    loss_tokens = min(tokens, CHUNK_TOKENS) if plan.chunked_loss else tokens
+    loss_tokens = min(tokens, loss_chunk_tokens(shape.vocab)) if plan.chunked_loss else tokens
     logits = logits_peak_bytes(
         shape, tokens=loss_tokens, head_bytes=head_bytes, softcap=not plan.chunked_loss
     )

@@ -26,6 +26,7 @@ def gb(value: int) -> str:
 def explain(plan: Plan, *, per_layer_token: int, masked: bool) -> dict[str, str]:
     """One line per component saying what it is made of."""
     from lora_studio.core.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES
+    from lora_studio.core.memory_saving import loss_chunk_tokens
 
     shape = plan.shape
     quant = plan.quantization
@@ -82,7 +83,7 @@ def explain(plan: Plan, *, per_layer_token: int, masked: bool) -> dict[str, str]
         "optimizer": optimizer,
         "activations": activations,
         "logits": (
-            f"chunked loss, {min(plan.tokens, 1024)} of {plan.tokens} tokens per chunk"
+            f"chunked loss, {min(plan.tokens, loss_chunk_tokens(shape.vocab))} of {plan.tokens} tokens per chunk"
             if plan.chunked_loss
             else f"{plan.tokens} tokens"
         )
@@ -133,7 +134,9 @@ def advise(req: EstimateRequest, plan: Plan, estimate: MemoryEstimate) -> list[s
             new = total_for(combined)
             if new > limit:
                 lines.append(
-                    f"All memory savers together (4-bit, checkpointing, 8-bit optimizer, batch 1) still need "
+                    "All memory savers together (4-bit, lean preparation, chunked loss, "
+                    f"{'offloaded ' if combined.offload else ''}checkpointing, 8-bit optimizer, batch 1) "
+                    "still need "
                     f"{gb(new)}" + _smallest_gpu(new)
                 )
         fsdp = _fsdp_line(estimate_plan(combined or plan).bytes, limit, with_savers=combined is not None)
@@ -170,6 +173,9 @@ def _all_savers(plan: Plan) -> Plan | None:
         quantization="nf4" if plan.quantization in ("none", "int8") else plan.quantization,
         double_quant=True,
         gradient_checkpointing=True,
+        checkpoint_offload=plan.device == "cuda",
+        lean_kbit_prep=True,
+        chunked_loss=True,
         optimizer="paged_adamw_8bit",
         batch_size=1,
     )
@@ -198,13 +204,7 @@ def _single_changes(plan: Plan) -> list[tuple[str, Plan]]:
         )
     elif not plan.double_quant:
         changes.append(("Add double quantization (--double-quant)", replace(plan, double_quant=True)))
-    if not plan.gradient_checkpointing:
-        changes.append(
-            (
-                "Turn on gradient checkpointing (--grad-checkpointing)",
-                replace(plan, gradient_checkpointing=True),
-            )
-        )
+    changes += _saver_changes(plan)
     if plan.optimizer in ("adamw_torch", "paged_adamw_32bit"):
         changes.append(
             (
@@ -230,6 +230,42 @@ def _single_changes(plan: Plan) -> list[tuple[str, Plan]]:
                 replace(plan, seq_len=plan.seq_len // 2),
             )
         )
+    return changes
+
+
+def _saver_changes(plan: Plan) -> list[tuple[str, Plan]]:
+    """The exact memory savers that are off: lean k-bit preparation, chunked loss, checkpointing, offload."""
+    changes: list[tuple[str, Plan]] = []
+    if plan.upcast:
+        changes.append(
+            (
+                f"Keep embeddings and lm_head in {plan.dtype_name} (lean k-bit preparation, "
+                "model.lean_kbit_prep)",
+                replace(plan, lean_kbit_prep=True),
+            )
+        )
+    if not plan.chunked_loss:
+        changes.append(
+            (
+                "Compute the loss in chunks (training.chunked_loss)",
+                replace(plan, chunked_loss=True),
+            )
+        )
+    if not plan.gradient_checkpointing:
+        changes.append(
+            (
+                "Turn on gradient checkpointing (--grad-checkpointing)",
+                replace(plan, gradient_checkpointing=True),
+            )
+        )
+    offloaded = replace(plan, gradient_checkpointing=True, checkpoint_offload=True)
+    if offloaded.offload and not plan.offload:
+        what = (
+            "Offload checkpointed activations to CPU memory"
+            if plan.gradient_checkpointing
+            else ("Turn on offloaded gradient checkpointing")
+        )
+        changes.append((f"{what} (training.checkpoint_offload; --offload)", offloaded))
     return changes
 
 

@@ -188,6 +188,19 @@ def _tracker_class() -> type:
                 self.memory_tracking.pop(module, None)
                 super()._pre_fw_hook(module, inputs)
 
+        def _update_peak_stats(self, peak_state: Any) -> None:
+            # Only the global peak is reported. The base class also refreshes every tracked
+            # module's own peak on every op, walking all modules each time: that was most of
+            # the simulation's time for full-size widths.
+            from copy import deepcopy
+
+            from torch.distributed._tools.mem_tracker import _TOTAL_KEY
+
+            for dev, snap in self._curr_mem_snap.items():
+                if self._peak_mem.get(dev, 0) < snap[_TOTAL_KEY]:
+                    self._peak_mem[dev] = snap[_TOTAL_KEY]
+                    self._peak_mem_snap[dev] = deepcopy(snap)
+
         def _track_grad(self, param: Any) -> None:
             self._update_and_maybe_create_winfos(param.grad, _grad_type())
 

@@ -250,17 +250,18 @@ def _loss(model: Any, ids: Any, mask: Any, plan: Plan) -> Any:
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
-    from lora_studio.core.memory_saving import DEFAULT_CHUNK, _chunk_loss_sum, causal_parts
+    from lora_studio.core.memory_saving import _chunk_loss_sum, causal_parts, head_vocab, loss_chunk_tokens
 
     decoder, head = causal_parts(model)
+    size = loss_chunk_tokens(head_vocab(head))
     softcap = getattr(model.config, "final_logit_softcapping", None)
     hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     labels = F.pad(ids, (0, 1), value=-100)[..., 1:].reshape(-1)
     flat = hidden.reshape(-1, hidden.shape[-1])
     total = flat.new_zeros((), dtype=flat.dtype).float()
-    for start in range(0, flat.shape[0], DEFAULT_CHUNK):
-        chunk = flat[start : start + DEFAULT_CHUNK]
-        part = labels[start : start + DEFAULT_CHUNK]
+    for start in range(0, flat.shape[0], size):
+        chunk = flat[start : start + size]
+        part = labels[start : start + size]
         total = total + checkpoint(_chunk_loss_sum, chunk, part, head, softcap, use_reentrant=False)
     return total / labels.numel()
 

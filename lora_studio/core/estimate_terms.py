@@ -118,11 +118,11 @@ def layer_saved_per_token(
     ``prepare_model_for_kbit_training`` made the norms fp32, else 2. ``targeted`` holds the leaf
     names of the layer's Linear layers that carry a LoRA adapter. With sdpa the cost is linear in
     the sequence; eager attention (models without sdpa support) keeps seq_len² scores per head.
-    Under autocast every matmul input is saved as a 16-bit copy, so LoRA inputs cost 2 bytes each.
+    Under autocast every matmul input is saved as a 16-bit copy, so LoRA inputs cost 2 bytes each;
+    the base layers keep the stream's dtype (bitsandbytes' 4-bit matmul is not autocast, so after
+    peft's fp32 preparation the layer computes in fp32).
     """
     layer = shape.layer
-    if autocast:
-        stream = 2
     h, inter, d = shape.hidden, shape.intermediate, shape.head_dim
     qd, kvd = shape.heads * d, shape.kv_heads * d
     total = layer.hidden_norms * (4 * h + 4)  # RMSNorm saves its fp32 input and 1/rms per token
@@ -147,6 +147,13 @@ def layer_saved_per_token(
         adapters = sum(1 for leaf in leaves if leaf in targeted)
         # o_proj reads the sdpa output, which sdpa saves itself (eager's output is a fresh copy)
         already_kept = key == "attn_out" and shape.attention != "eager"
+        if use_dora:  # DoRA saves the LoRA output and the base output it rescales
+            outs = sum(
+                m.out_features for m in shape.layer_modules(0) if m.leaf in leaves and m.leaf in targeted
+            )
+            # the LoRA output is fp32, or 16-bit from an autocast matmul (checked in precise mode)
+            lora_out = 2 if autocast else 4
+            total += (lora_out + (4 if dropout and not autocast else stream)) * outs
         if autocast:
             total += adapters * (2 + (1 if dropout else 0)) * width + adapters * 2 * r
             continue
@@ -157,11 +164,6 @@ def layer_saved_per_token(
         elif adapters and not already_kept:
             total += 4 * width  # fp32 input shared by the adapters
         total += adapters * 4 * r  # lora_A output, read by lora_B's backward
-        if use_dora:  # DoRA saves the LoRA output (fp32) and the base output it rescales
-            outs = sum(
-                m.out_features for m in shape.layer_modules(0) if m.leaf in leaves and m.leaf in targeted
-            )
-            total += (4 + (4 if dropout else stream)) * outs
         input_kept = already_kept or (adapters and stream == 4 and not dropout)
         if int8 and not input_kept:
             total += stream * width  # bitsandbytes' int8 matmul keeps its input for backward

@@ -4,33 +4,52 @@ Why: at long sequence lengths the standard path's peak is dominated by the logit
 (batch × seq × vocab, upcast to fp32, plus their gradient) and by peft's blanket fp32 cast of
 embeddings and the output head for quantized models. None of that is needed for the result:
 
-- chunked cross-entropy applies the output head to ``chunk`` tokens at a time under activation
+- chunked cross-entropy applies the output head to a chunk of tokens at a time under activation
   checkpointing, so only one chunk's logits ever exist; the loss and gradients equal the standard
-  ``ForCausalLMLoss`` (same shift, same ``num_items_in_batch`` normalisation);
+  ``ForCausalLMLoss`` (same shift, same ``num_items_in_batch`` normalisation). The chunk holds a
+  fixed number of logits (``LOSS_CHUNK_ELEMENTS``), not of tokens: a 1024-token chunk of a
+  128k-vocabulary model still needs 1.5 GB at the loss, more than all of an 8B model's
+  checkpointed activations at 2k tokens;
 - with gradient checkpointing, ``save_on_cpu`` keeps the saved layer inputs in (pinned) host
   memory, so activation memory no longer grows with the number of layers;
 - lean k-bit preparation freezes the base model and enables input gradients like
   ``prepare_model_for_kbit_training`` but leaves embeddings, norms and the output head in the
   compute dtype (RMSNorm already computes its statistics in fp32 internally).
 
-Imported lazily: it imports torch.
+torch is imported inside the functions, so the estimator can share ``loss_chunk_tokens``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+if TYPE_CHECKING:
+    import torch
 
-DEFAULT_CHUNK = 1024
+#: Logits per loss chunk: 2^25 elements cost 384 MiB at the loss's peak (12 bytes each: the saved
+#: fp32 log-softmax and two fp32 gradients) — 256 tokens of Llama 3's 128k vocabulary.
+LOSS_CHUNK_ELEMENTS = 2**25
+#: Chunks stay a multiple of 64 tokens and within these bounds (large enough for efficient matmuls).
+MIN_CHUNK_TOKENS = 64
+MAX_CHUNK_TOKENS = 1024
+
+
+def loss_chunk_tokens(vocab: int) -> int:
+    """Tokens per chunk of the chunked loss for a vocabulary: as many as fit ``LOSS_CHUNK_ELEMENTS``.
+
+    128,256 (Llama 3) → 256; 152,064 (Qwen 2.5) → 192; 49,152 (SmolLM2) → 640; 256,000 (Gemma 2) → 128.
+    """
+    tokens = LOSS_CHUNK_ELEMENTS // max(vocab, 1) // MIN_CHUNK_TOKENS * MIN_CHUNK_TOKENS
+    return max(MIN_CHUNK_TOKENS, min(MAX_CHUNK_TOKENS, tokens))
 
 
 def _chunk_loss_sum(
     hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, softcap: float | None
 ) -> torch.Tensor:
+    import torch
+    import torch.nn.functional as F
+
     logits = head(hidden)
     if softcap:  # e.g. Gemma 2: the model caps its logits before the loss; so must we
         logits = torch.tanh(logits / softcap) * softcap
@@ -42,10 +61,19 @@ def chunked_causal_lm_loss(
     head: torch.nn.Module,
     labels: torch.Tensor,
     num_items_in_batch: torch.Tensor | int | None = None,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """The causal-LM loss of ``head(hidden)`` without materialising all logits at once."""
+    """The causal-LM loss of ``head(hidden)`` without materialising all logits at once.
+
+    ``chunk`` (tokens) defaults to ``loss_chunk_tokens`` of the head's output width.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    if chunk is None:
+        chunk = loss_chunk_tokens(head_vocab(head))
     shifted = F.pad(labels, (0, 1), value=-100)[..., 1:]
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_labels = shifted.reshape(-1).to(hidden.device)
@@ -66,6 +94,12 @@ def chunked_causal_lm_loss(
     return total / num_items_in_batch
 
 
+def head_vocab(head: Any) -> int:
+    """The output width of the LM head (a Linear, possibly wrapped by peft)."""
+    weight = head.weight if hasattr(head, "weight") else head.get_base_layer().weight
+    return int(weight.shape[0])
+
+
 def causal_parts(model: Any) -> tuple[Any, Any]:
     """(decoder, output head) of a plain or peft-wrapped causal LM."""
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -73,7 +107,7 @@ def causal_parts(model: Any) -> tuple[Any, Any]:
 
 
 def chunked_forward_loss(
-    model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, chunk: int = DEFAULT_CHUNK
+    model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, chunk: int | None = None
 ) -> torch.Tensor:
     """Run the decoder, then the chunked loss: what ``model(**inputs).loss`` computes, with less memory."""
     labels = inputs["labels"]
@@ -89,6 +123,8 @@ def offload_context(enabled: bool) -> contextlib.AbstractContextManager[Any]:
     """Saved tensors of the forward (the checkpointed layer inputs) go to host memory."""
     if not enabled:
         return contextlib.nullcontext()
+    import torch
+
     return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
 
 

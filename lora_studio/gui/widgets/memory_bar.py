@@ -122,7 +122,7 @@ class MemoryBar(QWidget):
             self._set_verdict(
                 "verdictBad", f"✗ Does not fit{where}: needs {gb(total)}, {gb(device)} available"
             )
-        self._fill_legend(sizes)
+        self._fill_legend(sizes, estimate.get("explanations") or {})
         advice = estimate.get("advice") or []
         self.advice.setText("".join(f"<div style='margin-top:3px'>• {_escape(a)}</div>" for a in advice))
 
@@ -138,13 +138,16 @@ class MemoryBar(QWidget):
             if item.widget():
                 item.widget().deleteLater()
 
-    def _fill_legend(self, sizes: dict[str, Any]) -> None:
+    def _fill_legend(self, sizes: dict[str, Any], explanations: dict[str, str]) -> None:
+        """Two columns of swatch · name · GB; hovering a name says what the component is made of
+        (e.g. whether the loss is chunked or the checkpoints offloaded)."""
         self._clear_legend()
         shown = [(k, v) for k, v in th.COMPONENTS.items() if sizes.get(k)]
         for i, (key, (name, colour)) in enumerate(shown):
             swatch = QLabel("■")
             swatch.setStyleSheet(f"color: {colour}; font-size: 13pt;")
             label = QLabel(f"{name}  <b>{gb(int(sizes[key]))}</b>")
+            label.setToolTip(explanations.get(key, ""))
             row, col = divmod(i, 2)
             self.legend.addWidget(swatch, row, col * 2)
             self.legend.addWidget(label, row, col * 2 + 1)

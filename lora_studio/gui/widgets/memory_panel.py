@@ -3,6 +3,9 @@
 It recomputes (debounced, in a background task) whenever a setting that changes memory changes,
 wherever it was edited — Model, Data or Train page — and publishes the result on the app state so
 the Train page can draw it as the dashed "estimate" line next to the measured memory.
+
+The exact memory savers (lean 4-bit preparation, chunked loss, checkpointing with offload) are
+edited right here, next to the bar they change: their effect is only visible in the estimate.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from PySide6.QtWidgets import QComboBox, QGridLayout, QLabel, QVBoxLayout, QWidg
 
 from lora_studio.gui import jobs
 from lora_studio.gui.state import AppState
+from lora_studio.gui.widgets.forms import FieldEditor, doc
 from lora_studio.gui.widgets.memory_bar import MemoryBar, gb
 from lora_studio.gui.workers import BackgroundTask
 
@@ -22,7 +26,14 @@ MEMORY_FIELDS = {
     "model.trust_remote_code", "lora.r", "lora.target_modules", "lora.use_dora", "lora.dropout",
     "training.batch_size", "training.grad_accum", "training.optimizer",
     "training.gradient_checkpointing", "data.max_seq_len", "data.packing",
+    "model.lean_kbit_prep", "training.chunked_loss", "training.checkpoint_offload",
 }  # fmt: skip
+#: Activation checkpointing as one choice: (gradient_checkpointing, checkpoint_offload) per entry.
+CHECKPOINTING = (
+    ("Off", False, False),
+    ("On: recompute in backward", True, False),
+    ("On, layer inputs in CPU memory", True, True),
+)
 DEBOUNCE_MS = 300
 
 
@@ -56,7 +67,16 @@ class MemoryPanel(QWidget):
         form.addWidget(self.gpu, 0, 1)
         form.addWidget(QLabel("Model"), 1, 0)
         form.addWidget(self.model, 1, 1)
+        form.addWidget(QLabel("Checkpointing"), 2, 0)
+        form.addWidget(self._checkpointing_combo(), 2, 1)
+        self.lean = FieldEditor(state, "model.lean_kbit_prep", self)
+        self.lean.widget.setText("Keep embeddings and output head in 16-bit (quantized models)")
+        self.chunked = FieldEditor(state, "training.chunked_loss", self)
+        self.chunked.widget.setText("Compute the loss in chunks of tokens")
+        form.addWidget(self.lean.widget, 3, 0, 1, 2)
+        form.addWidget(self.chunked.widget, 4, 0, 1, 2)
         form.setColumnStretch(1, 1)
+        self._show_savers()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(8)
@@ -72,6 +92,33 @@ class MemoryPanel(QWidget):
         state.device_changed.connect(self._on_device)
         state.theme_changed.connect(self.bar.set_theme)
         self._catalog_task.request(lambda _c: (jobs.gpu_catalog(), jobs.model_catalog()), self._on_catalog)
+
+    # -- savers ------------------------------------------------------------------------------
+
+    def _checkpointing_combo(self) -> QComboBox:
+        self.checkpointing = QComboBox()
+        self.checkpointing.setObjectName("checkpointingMode")
+        for text, on, offload in CHECKPOINTING:
+            self.checkpointing.addItem(text, (on, offload))
+        self.checkpointing.setToolTip(
+            doc("training.gradient_checkpointing") + "\n\nOffload: " + doc("training.checkpoint_offload")
+        )
+        self.checkpointing.activated.connect(self._checkpointing_chosen)
+        return self.checkpointing
+
+    def _checkpointing_chosen(self, index: int) -> None:
+        on, offload = self.checkpointing.itemData(index)
+        self.state.set_values({"training.gradient_checkpointing": on, "training.checkpoint_offload": offload})
+
+    def _show_savers(self) -> None:
+        """The savers as the config has them; the 16-bit option only means something for 4/8-bit models."""
+        wanted = (
+            bool(self.state.value("training.gradient_checkpointing")),
+            bool(self.state.value("training.checkpoint_offload")),
+        )
+        index = next((i for i, (_t, *pair) in enumerate(CHECKPOINTING) if tuple(pair) == wanted), 0)
+        self.checkpointing.setCurrentIndex(index)
+        self.lean.widget.setEnabled(self.state.value("model.quantization") != "none")
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -117,6 +164,7 @@ class MemoryPanel(QWidget):
 
     def _on_config(self, _config: Any, changed: frozenset[str]) -> None:
         if changed & MEMORY_FIELDS:
+            self._show_savers()
             self.recompute()
 
     # -- the estimate -------------------------------------------------------------------------
@@ -130,8 +178,7 @@ class MemoryPanel(QWidget):
         source = self.model.currentData()
         cfg = config.training
         self.shape.setText(
-            f"For batch {cfg.batch_size} × {config.data.max_seq_len} tokens, {cfg.optimizer}"
-            f"{', gradient checkpointing' if cfg.gradient_checkpointing else ''} "
+            f"For batch {cfg.batch_size} × {config.data.max_seq_len} tokens, {cfg.optimizer} "
             "(batch and optimizer are on the Train page, sequence length on the Data page)."
         )
         self.bar.set_pending()
