@@ -70,6 +70,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
     parser.add_argument("--packing", action="store_true", help="packed rows (builds an attention mask)")
+    parser.add_argument(
+        "--offload", action="store_true", help="with --grad-checkpointing: keep layer inputs in CPU memory"
+    )
+    parser.add_argument(
+        "--peft-prep",
+        action="store_true",
+        help="quantized models: peft's prepare_model_for_kbit_training (fp32 embeddings and lm_head) "
+        "instead of the lean preparation",
+    )
+    parser.add_argument(
+        "--full-loss",
+        action="store_true",
+        help="the standard loss over all logits instead of the chunked one",
+    )
     parser.add_argument("--device", default="cuda", help=f"{', '.join(DEVICES)} (default cuda)")
     limit = parser.add_mutually_exclusive_group()
     limit.add_argument("--gpu", help="a GPU from the catalog, e.g. 'RTX 3060' (see --list-gpus)")
@@ -116,6 +130,9 @@ def request_from_args(args: argparse.Namespace) -> EstimateRequest:
         lora_dropout=args.lora_dropout,
         gpu=gpu_name,
         trust_remote_code=args.trust_remote_code,
+        lean_kbit_prep=not args.peft_prep,
+        chunked_loss=not args.full_loss,
+        checkpoint_offload=args.offload,
     )
 
 
@@ -167,6 +184,9 @@ def render(req: EstimateRequest, estimate: MemoryEstimate) -> str:
         + (" DoRA" if req.use_dora else ""),
         f"  batch {req.batch_size} × {req.seq_len} tokens, {req.optimizer}"
         + (", gradient checkpointing" if req.gradient_checkpointing else "")
+        + (" offloaded to CPU" if req.gradient_checkpointing and req.checkpoint_offload else "")
+        + (", peft fp32 preparation" if req.quantization != "none" and not req.lean_kbit_prep else "")
+        + ("" if req.chunked_loss else ", full loss")
         + f", on {where}",
         "",
     ]

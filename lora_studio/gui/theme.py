@@ -38,6 +38,7 @@ COMPONENTS = {
     "optimizer": ("Optimizer state", "#ec4899"),
     "activations": ("Activations", "#f59e0b"),
     "logits": ("Logits and loss", "#f97316"),
+    "temporaries": ("Backward temporaries", "#84cc16"),
     "overhead": ("Framework overhead", "#8b95a5"),
 }
 
