@@ -3,6 +3,10 @@ advice follow them (an 8B catalog model on a 12 GB card, estimated without weigh
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
 import pytest
 
 from lora_studio.core.config import RunConfig
