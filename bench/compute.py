@@ -24,15 +24,31 @@ from _common import SHARED, WORK, median, print_table, write_results
 SEQ, BATCH = 256, 4
 
 
+def device() -> str:
+    """Where the engine will train: the GPU when there is one (bench/gpu_check.sh), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def matmul_flops(reps: int = 8) -> float:
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = torch.randn(2048, 2048, device=device()), torch.randn(2048, 2048, device=device())
     a @ b
     times = []
     for _ in range(reps):
+        sync()
         start = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - start)
     return 2 * 2048**3 / median(times)
 
@@ -63,16 +79,19 @@ def plain_loop(steps: int) -> tuple[float, float]:
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     model.config.use_cache = False
+    model.to(device())
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ))
+    ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ), device=device())
     times = []
     for step in range(steps + 1):
+        sync()
         start = time.perf_counter()
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        sync()
         if step:  # the first step warms up
             times.append(time.perf_counter() - start)
     tokens_per_s = BATCH * SEQ / median(times)
@@ -133,7 +152,7 @@ def main() -> None:
     peak_after = matmul_flops()
     peak = (peak + peak_after) / 2
     rows = [
-        {"what": "fp32 matmul 2048^2", "GFLOP/s": peak / 1e9, "of peak": 1.0},
+        {"what": f"fp32 matmul 2048^2 ({device()})", "GFLOP/s": peak / 1e9, "of peak": 1.0},
         {
             "what": "plain PyTorch LoRA loop",
             "GFLOP/s": plain_tps * per_token / 1e9,

@@ -9,10 +9,12 @@
    several architectures, dtypes, batch/seq sizes, with and without checkpointing. Widths are the
    real models'; depth and vocabulary are reduced (they do not change bytes per token per layer).
 3. On a CUDA machine only: the estimated total against ``torch.cuda.max_memory_reserved()`` after
-   a few real training steps of the engine. Without a GPU this part says so and is skipped.
+   a few real training steps of the engine, and the estimated tensors (total minus the CUDA
+   context and allocator slack) against ``torch.cuda.max_memory_allocated()``. Without a GPU this
+   part says so and is skipped.
 
 Run: ``.venv/bin/python bench/estimate_accuracy.py`` (a few minutes on a 2-core CPU);
-``--only precise|saved|gpu`` runs one part (nothing is written then).
+``--only precise|saved|gpu`` runs one part (nothing is written then); ``--cuda`` is ``--only gpu``.
 """
 
 from __future__ import annotations
@@ -291,8 +293,11 @@ def compare_gpu() -> list[dict[str, Any]] | None:
         torch.cuda.reset_peak_memory_stats()
         train(config)
         measured = torch.cuda.max_memory_reserved()
+        allocated = torch.cuda.max_memory_allocated()
         request = EstimateRequest.from_config(config, device="cuda", vram_bytes=None)
-        estimated = estimate_memory(request).total_bytes
+        estimate = estimate_memory(request)
+        estimated = estimate.total_bytes
+        tensors = estimated - estimate.bytes["overhead"]  # allocated memory holds no CUDA context
         rows.append(
             {
                 "model": "default",
@@ -300,6 +305,9 @@ def compare_gpu() -> list[dict[str, Any]] | None:
                 "estimate_GB": estimated / GIB,
                 "max_reserved_GB": measured / GIB,
                 "ratio": estimated / measured,
+                "tensors_GB": tensors / GIB,
+                "max_allocated_GB": allocated / GIB,
+                "ratio_allocated": tensors / allocated,
             }
         )
     return rows
@@ -320,6 +328,8 @@ def main(argv: list[str]) -> int:
 
     quiet_library_defaults()
     only = argv[argv.index("--only") + 1] if "--only" in argv else None
+    if "--cuda" in argv:  # the GPU comparison alone (bench/gpu_check.sh)
+        only = "gpu"
     start = time.perf_counter()
     precise: list[dict[str, Any]] = []
     saved: list[dict[str, Any]] = []
@@ -340,7 +350,9 @@ def main(argv: list[str]) -> int:
             "\nNo CUDA GPU on this machine: the comparison with torch.cuda.max_memory_reserved() was skipped."
         )
     else:
-        print_table("Total: estimate vs torch.cuda.max_memory_reserved()", gpu)
+        print_table(
+            "On the GPU: total vs torch.cuda.max_memory_reserved(), tensors vs max_memory_allocated()", gpu
+        )
     if only is not None:
         return 0
     results = {

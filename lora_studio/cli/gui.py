@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 
+STARTUP_HELP = (
+    "print how long the window took to appear (from process start to its first paint), then keep running"
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -21,6 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="open with the settings of this run.toml")
     parser.add_argument("path", nargs="?", help="a model folder, .gguf file or dataset file to open")
+    parser.add_argument(
+        "--print-startup-time",
+        action="store_true",
+        # SUPPRESS: `lora-studio --print-startup-time gui` keeps the top-level parser's value
+        default=argparse.SUPPRESS,
+        help=STARTUP_HELP,
+    )
     parser.add_argument("--startup-check", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -31,4 +42,5 @@ def run(args: argparse.Namespace) -> int:
         getattr(args, "config", None),
         open_path=getattr(args, "path", None),
         startup_check=getattr(args, "startup_check", False),
+        print_startup_time=getattr(args, "print_startup_time", False),
     )

@@ -17,6 +17,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QWidget
 
 from lora_studio.gui import theme as th
+from lora_studio.gui.qt_fixes import guard_paint_override_refcount
 
 pg.setConfigOptions(antialias=True, background=None, foreground="k")
 
@@ -65,6 +66,7 @@ class LivePlot(pg.PlotWidget):
         legend_at_bottom: bool = False,
     ) -> None:
         super().__init__(parent)
+        guard_paint_override_refcount()  # pyqtgraph paints through Python overrides (once per process)
         self.title_text = title
         self.setMinimumHeight(170)
         item = self.getPlotItem()
