@@ -27,8 +27,9 @@ class TrainingPlots(QWidget):
         super().__init__(parent)
         s = th.SERIES
         self.loss = LivePlot("Training loss", "Loss")
-        self.loss.add_series("loss", "Loss (each step)", s["loss"], width=1.2, alpha=110)
-        self.loss.add_series("loss_smooth", "Loss (smoothed)", s["loss_smooth"], width=2.4)
+        # noisy series get a 1-pixel pen: wider ones cost many times more to draw (widgets/plots.py)
+        self.loss.add_series("loss", "Loss (each step)", s["loss"], width=1.0, alpha=110)
+        self.loss.add_series("loss_smooth", "Loss (smoothed)", s["loss_smooth"], width=2.0)
         self.loss.add_series("eval_loss", "Eval loss", s["eval_loss"], points=True)
         self.memory = LivePlot("Memory", "Memory (GB)", legend_at_bottom=True)  # memory rises, then levels
         self.memory.add_series("allocated", "GPU allocated", s["mem_allocated"])
@@ -39,9 +40,9 @@ class TrainingPlots(QWidget):
         self.lr = LivePlot("Learning rate", "Learning rate")
         self.lr.add_series("lr", "Learning rate", s["learning_rate"])
         self.grad = LivePlot("Gradient norm", "Norm (before clipping)")
-        self.grad.add_series("grad_norm", "Gradient norm", s["grad_norm"])
+        self.grad.add_series("grad_norm", "Gradient norm", s["grad_norm"], width=1.0)
         self.speed = LivePlot("Speed", "Tokens per second")
-        self.speed.add_series("tokens_per_s", "Tokens/s", s["tokens_per_s"])
+        self.speed.add_series("tokens_per_s", "Tokens/s", s["tokens_per_s"], width=1.0)
         self.plots = [self.loss, self.memory, self.lr, self.grad, self.speed]
         self.loss.set_empty_text("Start training to see the loss fall here")
         self.memory.set_empty_text("Memory in use, step by step")
