@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lora_studio import __version__
+from lora_studio.cli.gui import STARTUP_HELP
 from lora_studio.core.errors import CancelledError, ConfigError, LoraStudioError
 
 COMMANDS = [
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune language models with LoRA and QLoRA on your own machine.",
     )
     parser.add_argument("--version", action="version", version=f"lora-studio {__version__}")
+    parser.add_argument(
+        "--print-startup-time", action="store_true", help=f"with no command (the app): {STARTUP_HELP}"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"lora_studio.cli.{name.replace('-', '_')}").register(sub)
@@ -49,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.print_startup_time and args.command not in (None, "gui"):
+        parser.error(f"--print-startup-time is for the app (no command, or gui), not {args.command!r}")
     if not getattr(args, "func", None):  # no command: open the app
         from lora_studio.cli import gui
 

@@ -39,6 +39,7 @@ from lora_studio.core.errors import LoraStudioError
 from lora_studio.gui import icons, jobs, theme, workers
 from lora_studio.gui.pages import Page, Pages, page_classes
 from lora_studio.gui.pages.train import PAUSE_KEYS, START_KEYS, STOP_KEYS
+from lora_studio.gui.qt_fixes import guard_paint_override_refcount
 from lora_studio.gui.run_controller import RunController
 from lora_studio.gui.state import AppState
 
@@ -133,7 +134,7 @@ class MainWindow(QMainWindow):
         self.state.model_info_changed.connect(lambda _info: self._update_model_label())
         self.state.device_changed.connect(self._on_device)
         self.set_theme_mode(self.theme_mode)
-        self.setWindowIcon(icons.icon("train", theme.LIGHT.accent, size=64))
+        self.setWindowIcon(icons.app_icon())
         hints = QApplication.styleHints()
         if hints is not None:
             hints.colorSchemeChanged.connect(lambda _scheme: self.set_theme_mode(self.theme_mode))
@@ -185,6 +186,31 @@ class MainWindow(QMainWindow):
             group.addAction(action)
             view.addAction(action)
             self.theme_actions[mode] = action
+        help_menu = self.menuBar().addMenu("&Help")
+        check = QAction("System check…", self)
+        check.setToolTip("Can this machine train? torch, GPU, bitsandbytes, disk, the default model")
+        check.triggered.connect(self.show_system_check)
+        about = QAction("About LoRA Studio…", self)
+        about.setMenuRole(QAction.MenuRole.AboutRole)
+        about.triggered.connect(self.show_about)
+        help_menu.addAction(check)
+        help_menu.addAction(about)
+
+    def show_system_check(self) -> Any:
+        """Open the System check dialog (non-blocking) and start its checks in a worker."""
+        from lora_studio.gui.dialogs.system_check import open_dialog
+
+        return open_dialog(self, self.state.theme)
+
+    def show_about(self) -> Any:
+        """Open About / Settings: versions, folders, the model cache."""
+        from lora_studio.gui.dialogs.about import AboutDialog
+
+        runs = self.state.config.output.runs_dir
+        dialog = AboutDialog(self, runs_folder=Path(runs) if runs else None, run_state=self.state.run_state)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
 
     def _make_page(self, page_class: type[Page]) -> Page:
         page = page_class(self.state, self.runs)
@@ -380,11 +406,26 @@ def create_app(argv: Sequence[str] | None = None) -> QApplication:
         app = QApplication(list(argv or sys.argv[:1]))
     app.setApplicationName(APP_NAME)
     app.setOrganizationName("lora-studio")
+    guard_paint_override_refcount()
+    app.setDesktopFileName("lora-studio")  # matches packaging/linux/lora-studio.desktop (Wayland)
+    app.setWindowIcon(icons.app_icon())
     return app
 
 
-def main(config_path: str | None = None, *, open_path: str | None = None, startup_check: bool = False) -> int:
-    """Open the window (optionally on a config file or a dropped-style path) and run the event loop."""
+def main(
+    config_path: str | None = None,
+    *,
+    open_path: str | None = None,
+    startup_check: bool = False,
+    print_startup_time: bool = False,
+) -> int:
+    """Open the window (optionally on a config file or a dropped-style path) and run the event loop.
+
+    ``print_startup_time`` prints how long the window took to appear (from process start to its
+    first paint) and carries on; ``startup_check`` prints the same as JSON and quits.
+    """
+    from lora_studio.gui.startup import FirstPaint, startup_line, startup_report
+
     started = time.perf_counter()
     app = create_app()
     workers.hold_background()
@@ -396,23 +437,23 @@ def main(config_path: str | None = None, *, open_path: str | None = None, startu
     window.show()
 
     def shown() -> None:
+        if print_startup_time or startup_check:
+            report = startup_report(started)
+            if print_startup_time:
+                print(startup_line(report), flush=True)
+            if startup_check:
+                print(json.dumps(report), flush=True)
         if startup_check:
-            import psutil
-
-            heavy = [m for m in ("torch", "transformers", "peft", "datasets") if m in sys.modules]
-            report = {
-                "shown_s": round(time.perf_counter() - started, 3),
-                "since_process_start_s": round(time.time() - psutil.Process().create_time(), 3),
-                "heavy_imported": heavy,
-            }
-            print(json.dumps(report), flush=True)
             window.save_settings = lambda: None  # type: ignore[method-assign]
             app.quit()
             return
         window.build_all_pages()
         workers.release_background()
+        from lora_studio.gui.dialogs.system_check import open_on_first_run
 
-    QTimer.singleShot(0, shown)
+        open_on_first_run(window, window.store, window.state.theme)
+
+    FirstPaint(window, shown)
     code = app.exec()
     if workers.live_count():
         # a run that would not stop in time: do not let Qt destroy a running thread (that aborts)
