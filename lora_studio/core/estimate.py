@@ -12,6 +12,7 @@ so the GUI can recompute on every edit. Formulas and sources: ``docs/memory.md``
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from lora_studio.core.errors import ConfigError
@@ -410,14 +411,20 @@ def _first_layer_discount(plan: Plan) -> int:
     return discount * plan.tokens
 
 
+@lru_cache(maxsize=4096)
+def _layer_index(name: str) -> int | None:
+    """The decoder layer a module belongs to (cached: the fit advice re-estimates ~30 times per edit)."""
+    parts = name.split(".")
+    return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
+
+
 def _per_layer_tokens(plan: Plan, *, masked: bool) -> list[int]:
     """Saved bytes per token for each decoder layer (layers differ only if targets name layers)."""
     shape = plan.shape
     targeted_by_layer: dict[int, set[str]] = {}
     for module in plan.lora:
-        parts = module.name.split(".")
-        if "layers" in parts:
-            index = int(parts[parts.index("layers") + 1])
+        index = _layer_index(module.name)
+        if index is not None:
             targeted_by_layer.setdefault(index, set()).add(module.leaf)
     cache: dict[frozenset[str], int] = {}
     out = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ class Module:
     quantizable: bool
     embedding: bool = False
 
-    @property
+    @cached_property
     def leaf(self) -> str:
         return self.name.rsplit(".", 1)[-1]
 
@@ -89,8 +89,9 @@ class ModelShape:
     attention: str
     config: Any = field(repr=False, compare=False, hash=False)
 
-    @property
+    @cached_property
     def quantizable_params(self) -> int:
+        # cached: the GUI's fit advice asks for it ~30 times per estimate, over hundreds of modules
         return sum(m.numel for m in self.modules if m.quantizable)
 
     @property

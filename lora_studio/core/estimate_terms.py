@@ -85,8 +85,9 @@ def optimizer_bytes(sizes: Iterable[int], optimizer: str) -> int:
     """AdamW's two moments: fp32 (8 B/param) or bitsandbytes 8-bit blockwise (2 B + scales)."""
     total = 0
     quantized = False
+    eight_bit = optimizer.endswith("8bit")
     for n in sizes:
-        if optimizer.endswith("8bit") and n >= OPTIM_8BIT_MIN_SIZE:
+        if eight_bit and n >= OPTIM_8BIT_MIN_SIZE:
             total += 2 * n + 2 * 4 * ceil(n / OPTIM_8BIT_BLOCK)
             quantized = True
         else:
