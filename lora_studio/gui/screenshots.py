@@ -2,8 +2,9 @@
 
 Used for the README and for review: it trains a short run first (a tiny random model by default, in
 seconds; ``--model default --steps 30`` for the real bundled model, minutes on a CPU; or ``--run
-RUN_DIR`` shows an existing run), loads that run into the Train page, waits until every background
-task has answered, and saves ``<page>.png`` for each page at 1400×900. Settings and new runs go to a
+RUN_DIR`` shows an existing run), loads that run into the Train page, selects the ``--compare`` runs
+on the Runs page, waits until every background task has answered, and saves ``<page>.png`` for each
+page at 1400×900. Settings and new runs go to a
 temporary folder, so the user's own are never touched.
 """
 
@@ -41,53 +42,6 @@ def train_run(model: str, steps: int, runs: Path) -> tuple[str, str]:
     })  # fmt: skip
     result = train(config)
     return str(result.run_dir), model
-
-
-def comparison_runs(runs: Path, steps: int = 60) -> list[str]:
-    """Three finished runs that differ in learning rate and LoRA rank, with plausible curves (for
-    the Runs page's comparison; written directly, no training)."""
-    import math
-    import random
-
-    from lora_studio.core.config import RunConfig
-    from lora_studio.core.runs import RunFolder
-
-    rng = random.Random(7)
-    ids = []
-    for name, lr, rank, floor, mem_gb in (
-        ("lr1e-4-r8", 1e-4, 8, 1.35, 5.1),
-        ("lr2e-4-r16", 2e-4, 16, 1.12, 5.4),
-        ("lr5e-4-r32", 5e-4, 32, 0.98, 6.0),
-    ):
-        config = RunConfig().with_overrides({
-            "output.runs_dir": str(runs), "output.run_name": name, "training.learning_rate": lr,
-            "lora.r": rank, "lora.alpha": 2 * rank, "training.max_steps": steps,
-        })  # fmt: skip
-        run = RunFolder.create(config, runs)
-        tau = 18 * 1e-4 / lr + 6
-        for step in range(1, steps + 1):
-            loss = floor + 1.6 * math.exp(-step / tau) + rng.gauss(0, 0.05)
-            mem = {
-                "cuda_allocated": mem_gb * 0.8 * 2**30,
-                "cuda_peak": (mem_gb - 0.4 * math.exp(-step / 3)) * 2**30,
-            }
-            run.append_metrics({"step": step, "loss": round(loss, 4), "tokens_seen": step * 4096, "mem": mem})
-            if step % 15 == 0:
-                run.append_metrics(
-                    {"step": step, "eval_loss": round(floor + 0.12 + 1.6 * math.exp(-step / tau), 4)}
-                )
-        for prompt, answers in (
-            ("What is LoRA?", ("A way to train.", "Low-rank adapters added to a frozen model.", "Low-rank adapter matrices trained beside frozen weights.")),
-            ("Name a planet.", ("Planet.", "Mars.", "Mars, the red planet.")),
-        ):  # fmt: skip
-            answer = answers[[8, 16, 32].index(rank)]
-            run.append_sample({"step": steps, "stage": "after", "prompt": prompt, "answer": answer})
-        started = run.status()["started_at"]
-        run.write_status(
-            "completed", step=steps, total_steps=steps, finished_at=started + 240 + 60 * rank / 8
-        )
-        ids.append(run.run_id)
-    return ids
 
 
 def wait_idle(app: object, window: object, timeout_s: float = 180) -> None:
@@ -130,7 +84,38 @@ def chat_and_export(app: object, window: object, run_dir: str) -> None:
     wait_idle(app, window, timeout_s=900)
 
 
-def render(outdir: Path, run_dir: str | None, model: str, theme: str) -> list[Path]:
+def chat_prompt_set(app: object, window: object, outdir: Path) -> Path:
+    """``chat-prompt-set.png``: the Chat page's Prompt set tab with the run's sample prompts answered
+    by base and fine-tuned (after ``chat_and_export`` loaded the adapter); back to Conversation after."""
+    chat = window.pages["chat"]  # type: ignore[attr-defined]
+    window.show_page("chat")  # type: ignore[attr-defined]
+    chat.tabs.setCurrentIndex(1)
+    chat.run_prompt_set()
+    wait_idle(app, window, timeout_s=1800)
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / "chat-prompt-set.png"
+    window.grab().save(str(path))  # type: ignore[attr-defined]
+    chat.tabs.setCurrentIndex(0)
+    return path
+
+
+def show_evaluation(app: object, window: object, run_dir: str) -> bool:
+    """The Evaluate page on ``run_dir`` and its newest saved evaluation (nothing is re-run: the numbers
+    are the saved ones); False when the run has no saved evaluation."""
+    from lora_studio.core.evaluate import list_evaluations
+
+    page = window.pages["evaluate"]  # type: ignore[attr-defined]
+    page.evaluate_run(run_dir)
+    wait_idle(app, window)
+    saved = list_evaluations(run_dir)
+    if saved:
+        page.show_saved(saved[-1])
+    return bool(saved)
+
+
+def render(
+    outdir: Path, run_dir: str | None, model: str, theme: str, compare: list[str] | None = None
+) -> list[Path]:
     from lora_studio.core.config import RunConfig
     from lora_studio.gui.app import MainWindow, create_app, settings
 
@@ -142,21 +127,27 @@ def render(outdir: Path, run_dir: str | None, model: str, theme: str) -> list[Pa
     window.resize(*SIZE)
     window.show()
     wait_idle(app, window)
+    extra: list[Path] = []  # shots beyond one per page
     if run_dir:
         window.pages["train"].show_run(run_dir)  # type: ignore[attr-defined]
         if "chat" in window.pages and "export" in window.pages:
             chat_and_export(app, window, run_dir)
+            extra.append(chat_prompt_set(app, window, outdir))
+        if "evaluate" in window.pages:
+            show_evaluation(app, window, run_dir)
     if "runs" in window.pages:
+        # The Runs page lists main()'s temporary folder (never the user's), or — with ``--compare`` —
+        # the folder holding the real runs to compare, which it only reads.
         runs_page = window.pages["runs"]
-        shots_runs = Path(os.environ["LORA_STUDIO_RUNS_DIR"])  # main()'s temporary folder, never the user's
-        window.state.replace(window.state.config.with_overrides({"output.runs_dir": str(shots_runs)}))
-        compared = comparison_runs(shots_runs)
+        root = Path(compare[0]).parent if compare else Path(os.environ["LORA_STUDIO_RUNS_DIR"])
+        window.state.replace(window.state.config.with_overrides({"output.runs_dir": str(root)}))
         runs_page.refresh()  # type: ignore[attr-defined]
         wait_idle(app, window)
-        runs_page.select(compared)  # type: ignore[attr-defined]
-        wait_idle(app, window)
+        if compare:
+            runs_page.select([Path(run).name for run in compare])  # type: ignore[attr-defined]
+            wait_idle(app, window)
     outdir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = list(extra)
     for key in window.pages:
         window.show_page(key)
         for _ in range(5):
@@ -185,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run", type=Path, metavar="RUN_DIR", help="show this existing run instead of training"
     )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders (in one runs folder) to select together on the Runs page",
+    )
     args = parser.parse_args(argv)
     if "DISPLAY" not in os.environ and "WAYLAND_DISPLAY" not in os.environ:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -202,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             model = str(tiny_model(work / "tiny-llama"))
         if not args.no_run and not args.run:
             run_dir, model = train_run(model, args.steps, work / "runs")
-        for path in render(args.outdir, run_dir, model, args.theme):
+        for path in render(args.outdir, run_dir, model, args.theme, args.compare):
             print(path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
