@@ -236,6 +236,22 @@ def test_qlora_trains_on_cpu(quant, tiny_model_dir, chat_file, tmp_path):
     assert started.trainable_params < started.total_params
 
 
+def test_4bit_training_is_unchanged_by_generating_first(tiny_model_dir, chat_file, tmp_path):
+    """Sampling before training (and chat on a paused run) runs the 4-bit model in eval mode. On a
+    CPU with AVX512-BF16, bitsandbytes then repacks the weights for inference, and later training
+    steps would backpropagate through a kernel with no gradient: the losses must not change."""
+    losses = {}
+    for prompts in ([], ["What is your name?"]):
+        config = make_config(
+            tiny_model_dir, chat_file, tmp_path / f"runs{len(prompts)}", max_steps=4, save_steps=10,
+            sample_prompts=prompts, sample_max_new_tokens=3, learning_rate=1e-2,
+        ).with_overrides({"model.quantization": "nf4"})  # fmt: skip
+        recorder = Recorder()
+        train(config, recorder)
+        losses[len(prompts)] = list(recorder.losses().values())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
 def test_ctrl_c_cancels_the_cli_cleanly(tiny_model_dir, chat_file, tmp_path):
     runs = tmp_path / "runs"
     env = dict(os.environ, LORA_STUDIO_RUNS_DIR=str(runs), PYTHONUNBUFFERED="1")

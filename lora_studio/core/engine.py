@@ -243,7 +243,7 @@ class TrainingRun:
             self.folder.write_status("running", error=None)
 
     def _setup_model(self) -> None:
-        from lora_studio.core.models import load_model, pick_dtype
+        from lora_studio.core.models import keep_4bit_weights_trainable, load_model, pick_dtype
 
         cfg = self.config
         self.dtype = pick_dtype(cfg.model.compute_dtype, self.device)
@@ -259,6 +259,7 @@ class TrainingRun:
             trust_remote_code=cfg.model.trust_remote_code,
             allow_pickle=cfg.model.allow_pickle,
         )
+        keep_4bit_weights_trainable(model)  # samples and paused-run chat run it in eval mode
         self.check_cancel()
         from transformers import set_seed
 

@@ -505,6 +505,22 @@ def load_model(
     return model, tokenizer
 
 
+def keep_4bit_weights_trainable(model: Any) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference in a model that trains.
+
+    On a CPU with AVX512-BF16, a ``Linear4bit`` run in eval mode (samples before training, chat on
+    a paused run) converts its weight in place to a layout only an inference kernel reads, and
+    training steps after that backpropagate through that kernel, which has no gradient: the loss
+    then climbs (4.1 → 19 on the demo). Returns how many layers were switched.
+    """
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
+
+
 def import_bitsandbytes() -> Any:
     """Import bitsandbytes without its start-up noise (e.g. missing CPU kernel messages)."""
     with quiet_libraries():
