@@ -7,7 +7,7 @@ curves) and a synchronous full ``repaint()`` of every plot's viewport (axes, gri
 whose curve paints are counted (``PlotCurveItem.paint`` calls) so a redraw that drew nothing cannot
 pass. Measured in the same run:
 
-* the loss plot alone (``LivePlot``, two curves, peak downsampling + clip-to-view) at 100k points;
+* the loss plot alone (``training_plots.loss_plot``: two curves, downsampled + clip-to-view) at 100k points;
 * the whole Train-page plot grid (``TrainingPlots``: five plots, six curves) at 100k steps;
 * baseline 1: the same loss plot holding 1k points (what a redraw costs when data is small);
 * baseline 2: a plain ``pyqtgraph`` ``PlotDataItem`` with 100k points and no downsampling.
@@ -88,13 +88,9 @@ def time_redraws(
 
 
 def live_loss_plot(app: Any, n: int, redraws: int) -> dict[str, Any]:
-    from lora_studio.gui import theme as th
-    from lora_studio.gui.widgets.plots import LivePlot
-    from lora_studio.gui.widgets.training_plots import SMOOTHING
+    from lora_studio.gui.widgets.training_plots import SMOOTHING, loss_plot
 
-    plot = LivePlot("Training loss", "Loss")  # the two loss curves as TrainingPlots draws them
-    plot.add_series("loss", "Loss (each step)", th.SERIES["loss"], width=1.0, alpha=110)
-    plot.add_series("loss_smooth", "Loss (smoothed)", th.SERIES["loss_smooth"], width=2.0)
+    plot = loss_plot()  # the two loss curves as TrainingPlots draws them
     plot.resize(900, 450)
     plot.show()
     x, y = loss_curve(n + redraws)

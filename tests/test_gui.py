@@ -192,6 +192,50 @@ def test_memory_plot_shows_gpu_series_and_the_estimate_as_a_dashed_line(qtbot):
     assert memory.viewRange()[1][1] >= 6.0
 
 
+def test_the_plot_timer_redraws_one_plot_a_tick_in_turn_and_refresh_redraws_all(qtbot):
+    from lora_studio.gui.widgets.training_plots import TrainingPlots
+
+    plots = TrainingPlots()
+    qtbot.addWidget(plots)
+    plots.timer.stop()  # ticks are driven here
+    plots.reset(100)
+    drawn: list[str] = []
+    for plot in plots.plots:
+        plot.refresh = lambda plot=plot, original=plot.refresh: (
+            original() and not drawn.append(plot.title_text)
+        )
+    plots.add_step(1, 2.0, 1e-4, 0.5, 1000.0, {"rss": 2**30})
+    for _ in range(7):
+        plots.refresh_next()
+    assert drawn == ["Training loss", "Memory", "Learning rate", "Gradient norm", "Speed"]
+    assert plots.redraws == 5 and plots.lr.series["lr"].item.getData()[0].tolist() == [1.0]
+    drawn.clear()
+    plots.add_step(2, 1.5, 1e-4, 0.5, 1000.0, {"rss": 2**30})
+    plots.refresh()  # an explicit refresh draws every plot at once
+    assert sorted(drawn) == sorted(plot.title_text for plot in plots.plots) and plots.redraws == 10
+
+
+def test_the_smoothed_loss_is_downsampled_by_mean_the_noisy_loss_by_peak(qtbot):
+    import numpy as np
+
+    from lora_studio.gui.widgets.training_plots import TrainingPlots
+
+    plots = TrainingPlots()
+    qtbot.addWidget(plots)
+    plots.resize(900, 500)
+    plots.show()
+    plots.reset(20_000)
+    for step in range(1, 20_001):
+        plots.add_step(step, 1.0 + (-1) ** step, 1e-4, 0.5, 1000.0, {})  # loss 0, 2, 0, 2...
+    plots.refresh()
+    qtbot.wait(50)
+    raw = plots.loss.series["loss"].item.getData()[1]
+    smooth = plots.loss.series["loss_smooth"].item.getData()[1]
+    assert len(raw) < 5000 and len(smooth) < 5000  # downsampled: about a sample per pixel
+    assert raw.min() == 0 and raw.max() == 2  # peaks keep the spread of the noisy curve
+    assert np.ptp(smooth[len(smooth) // 2 :]) < 0.1  # means flatten the smoothed one (~1 +- 0.18)
+
+
 def test_thousands_of_signal_emits_do_not_crash_the_interpreter():
     """PySide6 6.12.0 leaks a reference to True on every emit (fatal on CPython 3.11 after a few
     thousand); importing the app's package guards against it (``gui/qt_fixes.py``)."""

@@ -85,6 +85,8 @@ class LivePlot(pg.PlotWidget):
         self.setLabel("left", y_label)
         for axis in ("left", "bottom"):
             item.getAxis(axis).enableAutoSIPrefix(False)
+            # major ticks only: the minor level's grid lines cost about half of a redraw
+            item.getAxis(axis).setStyle(maxTickLevel=0)
         offset = (-6, -6) if legend_at_bottom else (-6, 6)  # negative: from the right / bottom edge
         self.legend = item.addLegend(offset=offset, labelTextSize="8pt", verSpacing=-6)
         self.series: dict[str, _Series] = {}
@@ -118,8 +120,15 @@ class LivePlot(pg.PlotWidget):
         dashed: bool = False,
         points: bool = False,
         alpha: int = 255,
+        downsample: str = "peak",
     ) -> None:
-        """Create a curve once; it joins the legend when its first point arrives."""
+        """Create a curve once; it joins the legend when its first point arrives.
+
+        ``downsample`` is how a pixel's worth of steps becomes one drawn sample: ``"peak"`` (its min
+        and max: a noisy series keeps its spread) or ``"mean"`` for a smoothed series drawn with a
+        wide pen, which peak bins would turn back into a dense zig-zag — a wide pen over one is
+        filled as a polygon, ~30x slower (a 2-pixel smoothed loss at 100k steps: 0.37 s → 13 ms).
+        """
         c = QColor(colour)
         c.setAlpha(alpha)
         if points:
@@ -130,13 +139,17 @@ class LivePlot(pg.PlotWidget):
                 symbolBrush=c,
                 symbolPen=pg.mkPen(c.darker(130), width=1),
                 autoDownsampleFactor=DOWNSAMPLE_FACTOR,
+                skipFiniteCheck=True,
             )
         else:
             style = Qt.PenStyle.DashLine if dashed else Qt.PenStyle.SolidLine
             item = pg.PlotDataItem(
-                pen=pg.mkPen(c, width=width, style=style), autoDownsampleFactor=DOWNSAMPLE_FACTOR
+                pen=pg.mkPen(c, width=width, style=style),
+                autoDownsampleFactor=DOWNSAMPLE_FACTOR,
+                skipFiniteCheck=True,  # append() keeps NaN and inf out of the buffers
             )
-        self.getPlotItem().addItem(item)
+        self.getPlotItem().addItem(item)  # takes the plot's peak mode: set this curve's after it
+        item.setDownsampling(auto=True, method=downsample)
         self.series[key] = _Series(item, name)
 
     def add_hline(self, key: str, name: str, colour: str) -> None:

@@ -18,18 +18,26 @@ from lora_studio.gui.widgets.plots import LivePlot
 GIB = 1024**3
 #: Debiased exponential moving average weight for the smoothed loss.
 SMOOTHING = 0.7
-#: Redraw interval: at most 10 redraws a second, however fast steps arrive.
+#: Redraw interval of each plot: at most 10 redraws a second, however fast steps arrive. The timer
+#: ticks five times as often and redraws one plot a tick (round-robin), so the GUI thread is held
+#: by one plot's redraw at a time, never by all five at once.
 REFRESH_MS = 100
+
+
+def loss_plot() -> LivePlot:
+    """The loss plot's two curves (``bench/plots.py`` times this same plot)."""
+    plot = LivePlot("Training loss", "Loss")
+    # noisy series get a 1-pixel pen: wider ones cost many times more to draw (widgets/plots.py)
+    plot.add_series("loss", "Loss (each step)", th.SERIES["loss"], width=1.0, alpha=110)
+    plot.add_series("loss_smooth", "Loss (smoothed)", th.SERIES["loss_smooth"], width=2.0, downsample="mean")
+    return plot
 
 
 class TrainingPlots(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         s = th.SERIES
-        self.loss = LivePlot("Training loss", "Loss")
-        # noisy series get a 1-pixel pen: wider ones cost many times more to draw (widgets/plots.py)
-        self.loss.add_series("loss", "Loss (each step)", s["loss"], width=1.0, alpha=110)
-        self.loss.add_series("loss_smooth", "Loss (smoothed)", s["loss_smooth"], width=2.0)
+        self.loss = loss_plot()
         self.loss.add_series("eval_loss", "Eval loss", s["eval_loss"], points=True)
         self.memory = LivePlot("Memory", "Memory (GB)", legend_at_bottom=True)  # memory rises, then levels
         self.memory.add_series("allocated", "GPU allocated", s["mem_allocated"])
@@ -61,10 +69,12 @@ class TrainingPlots(QWidget):
         grid.setRowStretch(1, 2)
         self._ema = 0.0
         self._ema_n = 0
+        #: Plot redraws so far (one per plot that had new points to draw).
         self.redraws = 0
+        self._next = 0  # the plot the timer looks at first on its next tick
         self.timer = QTimer(self)
-        self.timer.setInterval(REFRESH_MS)
-        self.timer.timeout.connect(self.refresh)
+        self.timer.setInterval(REFRESH_MS // len(self.plots))
+        self.timer.timeout.connect(self.refresh_next)
         self.timer.start()
 
     def reset(self, total_steps: int | None = None) -> None:
@@ -137,9 +147,18 @@ class TrainingPlots(QWidget):
         self.refresh()
 
     def refresh(self) -> None:
-        drawn = [plot.refresh() for plot in self.plots]
-        if any(drawn):
-            self.redraws += 1
+        """Redraw every plot with new points now (a loaded run folder, tests)."""
+        self.redraws += sum(plot.refresh() for plot in self.plots)
+
+    def refresh_next(self) -> None:
+        """The timer's tick: redraw the next plot, in turn, that has new points."""
+        count = len(self.plots)
+        for offset in range(count):
+            index = (self._next + offset) % count
+            if self.plots[index].refresh():
+                self.redraws += 1
+                self._next = (index + 1) % count
+                return
 
     def apply_theme(self, theme: Any) -> None:
         for plot in self.plots:
