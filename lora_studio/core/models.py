@@ -505,20 +505,32 @@ def load_model(
     return model, tokenizer
 
 
-def keep_4bit_weights_trainable(model: Any) -> int:
-    """Stop bitsandbytes from repacking 4-bit weights for CPU inference in a model that trains.
+def four_bit_layers(model: Any) -> list[Any]:
+    """The bitsandbytes 4-bit linear layers of a model (those :func:`restore_4bit_training_layout`
+    looks after); empty for other models."""
+    return [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+
+
+def restore_4bit_training_layout(layers: list[Any]) -> int:
+    """Undo bitsandbytes' CPU inference repacking of 4-bit weights before a training step.
 
     On a CPU with AVX512-BF16, a ``Linear4bit`` run in eval mode (samples before training, chat on
-    a paused run) converts its weight in place to a layout only an inference kernel reads, and
-    training steps after that backpropagate through that kernel, which has no gradient: the loss
-    then climbs (4.1 → 19 on the demo). Returns how many layers were switched.
+    a paused run) converts its weight in place to a layout only an inference kernel reads — fast
+    for generation, so it is allowed — but a training step in that layout backpropagates through a
+    kernel with no gradient and the loss climbs (4.1 → 19 on the demo). bitsandbytes converts back
+    the same way when it saves a state dict. Returns how many layers were converted back.
     """
-    switched = 0
-    for module in model.modules():
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
-            switched += 1
-    return switched
+    restored = 0
+    for layer in layers:
+        state = getattr(layer.weight, "quant_state", None)
+        if getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+            layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                layer.weight.data, state
+            )
+            restored += 1
+    return restored
 
 
 def import_bitsandbytes() -> Any:
