@@ -199,3 +199,33 @@ def test_default_model_loads_quantized_and_answers(quant, default_model_dir):
         import bitsandbytes as bnb
 
         assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
+
+
+def test_four_bit_layout_puts_repacked_weights_back_exactly():
+    """Eval on an AVX512-BF16 CPU repacks a 4-bit layer for inference; training needs it back
+    exactly as quantized (bitsandbytes' own inverse leaves non-nested scales transposed)."""
+    import bitsandbytes as bnb
+    import torch
+    from bitsandbytes.functional import dequantize_4bit
+
+    from lora_studio.core.models import FourBitLayout
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(256, 128, bias=False, quant_type="nf4", compute_dtype=torch.float32)
+    layer.load_state_dict({"weight": torch.randn(128, 256)})
+    layer = layer.to("cpu")  # quantizes
+    model = torch.nn.Sequential(layer)
+    original = dequantize_4bit(layer.weight.data, layer.weight.quant_state).clone()
+    layout = FourBitLayout(model)
+    x = torch.randn(1, 256)
+    model.eval()  # on a CPU with AVX512-BF16 (this project's machines) the forward repacks
+    with torch.no_grad():
+        model(x)
+    repacked = getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+    assert layout.restore() == int(repacked)
+    model.train()
+    assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+    assert torch.equal(dequantize_4bit(layer.weight.data, layer.weight.quant_state), original)
+    y = model(x.requires_grad_())
+    y.sum().backward()  # the training kernel, with its gradient
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -170,7 +170,7 @@ class TrainingRun:
         self.current_step = 0  # the training step being computed (self.step: the last one done)
         self.world = World(0, 1, 0)
         self.model: Any = None
-        self.four_bit: list[Any] = []  # 4-bit layers, put back in their training layout each step
+        self.four_bit: Any = None  # FourBitLayout: 4-bit weights put back in training layout each step
         self.tokenizer: Any = None
         self.lock = threading.Lock()  # held while the model trains a step; chat takes it to generate
 
@@ -244,7 +244,7 @@ class TrainingRun:
             self.folder.write_status("running", error=None)
 
     def _setup_model(self) -> None:
-        from lora_studio.core.models import four_bit_layers, load_model, pick_dtype
+        from lora_studio.core.models import FourBitLayout, load_model, pick_dtype
 
         cfg = self.config
         self.dtype = pick_dtype(cfg.model.compute_dtype, self.device)
@@ -260,7 +260,7 @@ class TrainingRun:
             trust_remote_code=cfg.model.trust_remote_code,
             allow_pickle=cfg.model.allow_pickle,
         )
-        self.four_bit = four_bit_layers(model)  # samples and paused-run chat repack them (CPU)
+        self.four_bit = FourBitLayout(model)  # samples and paused-run chat repack 4-bit weights (CPU)
         self.check_cancel()
         from transformers import set_seed
 
@@ -452,7 +452,7 @@ class TrainingRun:
             if self.shared_model.get(key) is getattr(self, key, None):
                 self.shared_model.pop(key, None)
         self.model = self.tokenizer = self.data = None
-        self.four_bit = []
+        self.four_bit = None
         gc.collect()  # the Trainer, its callbacks and peft's hooks form cycles that hold the model
         import sys
 

@@ -505,32 +505,39 @@ def load_model(
     return model, tokenizer
 
 
-def four_bit_layers(model: Any) -> list[Any]:
-    """The bitsandbytes 4-bit linear layers of a model (those :func:`restore_4bit_training_layout`
-    looks after); empty for other models."""
-    return [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+class FourBitLayout:
+    """Keeps a training model's 4-bit weights in the layout training needs.
 
-
-def restore_4bit_training_layout(layers: list[Any]) -> int:
-    """Undo bitsandbytes' CPU inference repacking of 4-bit weights before a training step.
-
-    On a CPU with AVX512-BF16, a ``Linear4bit`` run in eval mode (samples before training, chat on
-    a paused run) converts its weight in place to a layout only an inference kernel reads — fast
-    for generation, so it is allowed — but a training step in that layout backpropagates through a
-    kernel with no gradient and the loss climbs (4.1 → 19 on the demo). bitsandbytes converts back
-    the same way when it saves a state dict. Returns how many layers were converted back.
+    On a CPU with AVX512-BF16, a bitsandbytes ``Linear4bit`` run in eval mode (samples before
+    training, chat on a paused run) repacks its weight in place for a fast inference kernel and
+    rounds its block scales to bf16. A training step in that layout backpropagates through a
+    kernel with no gradient (the demo's loss climbed 4.1 → 19), and bitsandbytes' own inverse is
+    lossy (it leaves non-nested scales transposed). So the original weight tensor and a copy of its
+    quantization state are kept (the repacking replaces them, it does not modify them), and put
+    back before each step: exact, and generation keeps the fast kernel.
     """
-    restored = 0
-    for layer in layers:
-        state = getattr(layer.weight, "quant_state", None)
-        if getattr(state, "packing_format_for_cpu", False):
-            from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
 
-            layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-                layer.weight.data, state
-            )
-            restored += 1
-    return restored
+    def __init__(self, model: Any) -> None:
+        import copy
+
+        self._saved = [
+            (layer, layer.weight.data, copy.copy(layer.weight.quant_state))
+            for layer in model.modules()
+            if hasattr(layer, "support_avx512bf16_for_cpu")
+            and getattr(layer.weight, "quant_state", None) is not None
+        ]
+
+    def restore(self) -> int:
+        """Put back every repacked layer; returns how many were."""
+        import copy
+
+        restored = 0
+        for layer, data, state in self._saved:
+            if getattr(layer.weight.quant_state, "packing_format_for_cpu", False):
+                layer.weight.data = data
+                layer.weight.quant_state = copy.copy(state)  # a fresh copy: repacking edits it
+                restored += 1
+        return restored
 
 
 def import_bitsandbytes() -> Any:

@@ -25,7 +25,6 @@ from lora_studio.core.data import make_collator
 from lora_studio.core.distributed import any_rank, sum_ranks
 from lora_studio.core.errors import TrainingError
 from lora_studio.core.faults import due
-from lora_studio.core.models import restore_4bit_training_layout
 from lora_studio.core.monitor import MemorySampler
 from lora_studio.core.runs import replace_dir
 
@@ -146,7 +145,8 @@ class _StudioTrainer(Trainer):
         self.step_tokens.append(int(inputs.pop(_TOKENS_KEY, 0)))
         step = self.state.global_step + 1
         self._run.current_step = step
-        restore_4bit_training_layout(self._run.four_bit)  # after samples or chat in eval mode
+        if self._run.four_bit is not None:
+            self._run.four_bit.restore()  # after samples or chat in eval mode
         faults = self._run.faults
         if due(faults, "oom", step):
             raise torch.OutOfMemoryError("CUDA out of memory (injected fault)")
