@@ -260,7 +260,6 @@ class TrainingRun:
             trust_remote_code=cfg.model.trust_remote_code,
             allow_pickle=cfg.model.allow_pickle,
         )
-        self.four_bit = FourBitLayout(model)  # samples and paused-run chat repack 4-bit weights (CPU)
         self.check_cancel()
         from transformers import set_seed
 
@@ -271,6 +270,8 @@ class TrainingRun:
             # converted back into a plain LoRA for the unmodified base (export, chat, sharing)
             self.model.save_pretrained(self._initial_adapter)
         self.model.config.use_cache = False  # a KV cache breaks padding-free packing (DESIGN.md §2)
+        # after wrapping: PiSSA/OLoRA replace 4-bit base weights; samples and paused-run chat repack them
+        self.four_bit = FourBitLayout(self.model)
         self.shared_model.update(model=self.model, tokenizer=self.tokenizer, lock=self.lock)
 
     # -- samples ----------------------------------------------------------------------------
