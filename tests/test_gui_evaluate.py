@@ -82,7 +82,7 @@ def test_evaluate_from_the_runs_page_fills_the_tables_saves_and_is_listed(qtbot,
     page.worker.progress.connect(lambda _e: texts.append(page.progress_label.text()))
     qtbot.waitUntil(lambda: page.worker is None, timeout=180_000)
     assert page.messages.kind != "error", page.messages.message()
-    assert any("answering — example" in t and "of 6" in t for t in texts), texts
+    assert any("— example" in t and "of 6" in t for t in texts), texts  # coalesced updates may skip a phase
     assert page.progress.value() == page.progress.maximum()
 
     # the comparison: models as rows, metrics as columns, the tuned row with its difference and interval
