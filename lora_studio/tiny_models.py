@@ -35,6 +35,8 @@ def make_tiny_model(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from lora_studio.core.models import model_construction
+
     tok_cfg = json.loads((tokenizer_dir / "config.json").read_text())
     config = AutoConfig.for_model(
         model_type,
@@ -51,7 +53,8 @@ def make_tiny_model(
         pad_token_id=tok_cfg.get("pad_token_id"),
     )
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with model_construction():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     for name in TOKENIZER_FILES:

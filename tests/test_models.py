@@ -10,6 +10,7 @@ from lora_studio.core.errors import ModelSourceError
 from lora_studio.core.models import (
     converted_gguf_folder,
     default_model_gguf,
+    load_config,
     load_model,
     model_info,
     resolve_model,
@@ -229,3 +230,57 @@ def test_four_bit_layout_puts_repacked_weights_back_exactly():
     y = model(x.requires_grad_())
     y.sum().backward()  # the training kernel, with its gradient
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_building_models_in_several_threads_leaves_torch_global_state_alone(
+    default_model_dir, tiny_model_dir
+):
+    """transformers switches torch's default dtype (and patches tie_weights, linspace) while it builds
+    a model, and the GUI builds in several workers at once (model facts, estimates, training, chat).
+    Before the construction lock, two concurrent meta builds left the default dtype at bf16 for good;
+    before meta builds stopped asking for the config's dtype, a third thread saw bf16 meanwhile."""
+    import threading
+
+    import torch
+    from transformers import PreTrainedModel
+
+    from lora_studio.core.models import load_model, meta_model
+
+    config = load_config(default_model_dir)  # bf16 in its config.json
+    assert config.dtype == torch.bfloat16
+    tie_weights, linspace = PreTrainedModel.tie_weights, torch.linspace
+    errors: list[BaseException] = []
+
+    def in_threads(work, count: int) -> None:
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+
+    # meta builds (what the GUI's background tasks do, also while a run trains): invisible elsewhere
+    seen: set[torch.dtype] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.0005):  # a sample every ~0.5 ms, leaving the builders the GIL
+            seen.add(torch.get_default_dtype())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    in_threads(lambda: [meta_model(config) for _ in range(6)], 3)
+    stop.set()
+    watcher.join()
+    assert seen == {torch.float32}
+    assert config.dtype == torch.bfloat16  # built from a copy: the caller's config is untouched
+    # real loads in bf16 at once (training + chat + evaluation): everything put back afterwards
+    in_threads(lambda: load_model(str(tiny_model_dir), dtype="bf16", device="cpu"), 3)
+    assert torch.get_default_dtype() == torch.float32
+    assert PreTrainedModel.tie_weights is tie_weights and torch.linspace is linspace

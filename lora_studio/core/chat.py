@@ -195,9 +195,11 @@ class ChatModel:
     def attach_adapter(self, adapter: str | Path) -> Path:
         from peft import PeftModel
 
+        from lora_studio.core.models import model_construction
+
         folder = resolve_adapter(adapter)
         check_adapter_fits(self.model, folder)
-        with self.lock:
+        with self.lock, model_construction():
             if self.has_adapter:
                 self.model.load_adapter(str(folder), adapter_name="loaded", is_trainable=False)
                 self.model.set_adapter("loaded")

@@ -466,6 +466,8 @@ def wrap_with_lora(model: Any, config: RunConfig) -> Any:
     """peft wrapping exactly as the estimator assumes: k-bit preparation, then LoRA adapters."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    from lora_studio.core.models import model_construction
+
     gc = config.training.gradient_checkpointing
     if config.model.quantization != "none" and config.model.lean_kbit_prep:
         from lora_studio.core.memory_saving import lean_kbit_preparation
@@ -491,7 +493,8 @@ def wrap_with_lora(model: Any, config: RunConfig) -> Any:
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, peft_config)
+        with model_construction():
+            return get_peft_model(model, peft_config)
     except ValueError as exc:
         if "not found in the base model" in str(exc) or "Target modules" in str(exc):
             names = sorted(linear_module_names(model))

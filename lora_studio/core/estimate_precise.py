@@ -187,7 +187,12 @@ def build_training_model(plan: Plan, *, layers: int | None = None) -> Any:
     from transformers.integrations import replace_with_bnb_linear
     from transformers.quantizers.base import HfQuantizer
 
-    from lora_studio.core.models import import_bitsandbytes, quantization_config, text_config
+    from lora_studio.core.models import (
+        import_bitsandbytes,
+        model_construction,
+        quantization_config,
+        text_config,
+    )
 
     config = copy.deepcopy(plan.shape.config)
     text = text_config(config)
@@ -198,7 +203,7 @@ def build_training_model(plan: Plan, *, layers: int | None = None) -> Any:
     config._attn_implementation = plan.shape.attention
     config.use_cache = False
     dtype = plan.torch_dtype
-    with torch.device("meta"):
+    with model_construction(), torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.tie_weights()
     quant = quantization_config(plan.quantization, dtype, double_quant=plan.double_quant)
@@ -233,7 +238,8 @@ def build_training_model(plan: Plan, *, layers: int | None = None) -> Any:
         use_dora=plan.use_dora,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
+    with model_construction():
+        model = get_peft_model(model, lora)
     model.train()
     return model
 

@@ -98,9 +98,11 @@ def load_peft(base: Any, adapter_dir: Path) -> Any:
     from peft import PeftModel
 
     from lora_studio.core.chat import check_adapter_fits
+    from lora_studio.core.models import model_construction
 
     check_adapter_fits(base, adapter_dir)
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
+    with model_construction():
+        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
 
 
 def logits(model: Any, ids: list[int]) -> Any:
@@ -169,9 +171,9 @@ def verify_merged(folder: Path, ref: Reference, dtype: str) -> Verification:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lora_studio.core.models import quiet_libraries
+    from lora_studio.core.models import model_construction, quiet_libraries
 
-    with quiet_libraries():
+    with quiet_libraries(), model_construction():
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     result = compare(
         logits(model, ref.ids), ref, dtype, f"AutoModelForCausalLM.from_pretrained ({dtype} weights)"
@@ -187,13 +189,14 @@ def verify_gguf(path: Path, ref: Reference, quant: str) -> Verification:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lora_studio.core.models import quiet_libraries
+    from lora_studio.core.models import model_construction, quiet_libraries
 
     with shared_gguf_reader(), quiet_libraries():
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32
-        ).eval()
+        with model_construction():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=torch.float32
+            ).eval()
     problems = []
     want, got = ref.tokenizer.encode(TOKENIZER_PROBE), tokenizer.encode(TOKENIZER_PROBE)
     if got != want:

@@ -273,12 +273,14 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     folder, name = str(gguf_path.parent), gguf_path.name
     with quiet_libraries():
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        with model_construction():
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = torch.bfloat16
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    with model_construction():
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     plain.load_state_dict(loaded.state_dict())
     plain.tie_weights()
     del loaded
@@ -328,12 +330,21 @@ def text_config(config: Any) -> Any:
 
 
 def meta_model(config: Any, *, trust_remote_code: bool = False) -> Any:
-    """Build the model on the meta device (no memory, no weights) with embeddings tied as when loaded."""
+    """Build the model on the meta device (no memory, no weights) with embeddings tied as when loaded.
+
+    Built in torch's default dtype (``dtype=None``, on a copy of the config, which ``from_config``
+    would otherwise edit): with the config's own dtype transformers switches the process-wide
+    default dtype while it builds, and a training step running in another thread meanwhile would
+    create its float tensors in bf16. Nothing read from a meta model depends on its dtype.
+    """
+    import copy
+
     import torch
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"), quiet_libraries():
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    config = copy.deepcopy(config)
+    with model_construction(), torch.device("meta"), quiet_libraries():
+        model = AutoModelForCausalLM.from_config(config, dtype=None, trust_remote_code=trust_remote_code)
     model.tie_weights()
     return model
 
@@ -484,7 +495,7 @@ def load_model(
     quant = quantization_config(quantization, torch_dtype, double_quant=double_quant)
     quiet_library_defaults()
     try:
-        with quiet_libraries():
+        with quiet_libraries(), model_construction():
             model = AutoModelForCausalLM.from_pretrained(
                 resolved.path,
                 dtype=torch_dtype,
@@ -581,6 +592,31 @@ def quiet_library_defaults() -> None:
 _QUIET_LOCK = threading.Lock()
 _quiet_users = 0
 _quiet_saved: tuple[Any, Any, list[tuple[logging.Logger, int]]] | None = None
+
+
+#: transformers builds a model under process-wide patches, set on entry and restored on exit:
+#: torch's default dtype, ``PreTrainedModel.tie_weights``, ``torch.linspace``. Two threads building
+#: at once interleave those restores and can leave them wrong for the rest of the process (seen here:
+#: two concurrent meta builds left the default dtype at bfloat16, so every later float tensor, LoRA
+#: weights included, was created in bf16). The GUI builds models in several workers (model facts,
+#: estimates, training, chat, evaluation, export), so every construction holds this lock.
+_CONSTRUCTION_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def model_construction() -> Any:
+    """Hold while building or loading a model, or wrapping one with peft; restores the default dtype.
+
+    Never taken on the GUI thread: a long load in a worker would freeze the window behind it.
+    """
+    import torch
+
+    with _CONSTRUCTION_LOCK:
+        dtype = torch.get_default_dtype()
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(dtype)
 
 
 @contextlib.contextmanager
