@@ -21,7 +21,8 @@ def train_reference(
     lora_r: int,
     seed: int = 42,
 ) -> dict[str, float]:
-    """Train ``steps`` steps; returns the seconds from the first step's start to the last's end."""
+    """Train ``steps`` steps: the seconds from the first step's start to the last's end, and the
+    non-padding tokens of those steps' batches."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (
@@ -56,7 +57,12 @@ def train_reference(
     )
     model.config.use_cache = False
 
+    counted = {"batches": 0, "tokens": 0}
+
     def strip_length(features):
+        if counted["batches"] < steps:  # one batch per step (no accumulation); not a prefetched extra
+            counted["batches"] += 1
+            counted["tokens"] += sum(len(f["input_ids"]) for f in features)
         return collator([{k: v for k, v in f.items() if k != "length"} for f in features])
 
     clock: dict[str, float] = {}
@@ -91,6 +97,7 @@ def train_reference(
 
     trainer.remove_callback(PrinterCallback)  # printing only; the engine drops it too
     trainer.train()
-    # Same seed, sampler and data as the engine run, so the same batches: the engine's exact
-    # non-padding token count applies to both (counting in a collator would include prefetching).
-    return {"seconds": clock["end"] - clock["start"]}
+    # The stock length-grouped sampler orders batches from the global generator, the engine's from
+    # (seed, epoch) so that resumed runs see the same batches: same data, other batches, so each
+    # run's own non-padding tokens are counted.
+    return {"seconds": clock["end"] - clock["start"], "tokens": counted["tokens"]}

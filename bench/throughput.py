@@ -101,7 +101,7 @@ def main() -> None:
     rows = []
     for label, model_dir, steps, reps in cases:
         for quant in ("none", "nf4"):
-            ref_times, eng_times, tokens = [], [], 0
+            ref_rates, eng_rates = [], []
             for _ in range(reps):
                 config, eng = engine_run(
                     model_dir, data, quantization=quant, steps=steps, batch_size=8, lora_r=16
@@ -109,10 +109,9 @@ def main() -> None:
                 ref = reference_run(
                     model_dir, config, quantization=quant, steps=steps, batch_size=8, lora_r=16
                 )
-                eng_times.append(eng["seconds"])
-                ref_times.append(ref["seconds"])
-                tokens = eng["tokens"]
-            ref_tps, eng_tps = tokens / median(ref_times), tokens / median(eng_times)
+                eng_rates.append(eng["tokens"] / eng["seconds"])
+                ref_rates.append(ref["tokens"] / ref["seconds"])
+            ref_tps, eng_tps = median(ref_rates), median(eng_rates)
             rows.append(
                 {
                     "model": label,

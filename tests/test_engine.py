@@ -115,32 +115,44 @@ def test_tiny_run_writes_the_run_folder_and_events_in_order(tiny_model_dir, chat
     assert step.tokens_per_s > 0 and step.mem["rss"] > 0 and step.total_steps == 8
 
 
-def test_resume_continues_the_loss_curve_of_an_uninterrupted_run(tiny_model_dir, chat_file, tmp_path):
+@pytest.mark.parametrize("stop_at", [3, 6], ids=["first-epoch", "mid-second-epoch"])
+def test_resume_continues_the_loss_curve_of_an_uninterrupted_run(stop_at, tiny_model_dir, tmp_path):
+    """Stopped at step 3 (first epoch) or 6 (inside the second of 4-step epochs), then resumed: the
+    same losses as a run never stopped. Every record differs, so other batches give other losses
+    (the stock length-grouped sampler gave the second epoch another order after a resume)."""
+    data = tmp_path / "distinct.jsonl"
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Question {i}?"},
+                {"role": "assistant", "content": f"Answer {i}."},
+            ]
+        }
+        for i in range(16)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    settings = {"max_steps": 9, "save_steps": 3, "sample_prompts": []}
     full = Recorder()
-    train(make_config(tiny_model_dir, chat_file, tmp_path / "a", max_steps=6, save_steps=3), full)
+    train(make_config(tiny_model_dir, data, tmp_path / "a", **settings), full)
 
     cancel = threading.Event()
-    first = Recorder(on_step=lambda e: e.step == 3 and cancel.set())
-    result = train(
-        make_config(tiny_model_dir, chat_file, tmp_path / "b", max_steps=6, save_steps=3),
-        first,
-        cancel=cancel,
-    )
-    assert result.status == "cancelled" and result.step == 3
+    first = Recorder(on_step=lambda e: e.step == stop_at and cancel.set())
+    result = train(make_config(tiny_model_dir, data, tmp_path / "b", **settings), first, cancel=cancel)
+    assert result.status == "cancelled" and result.step == stop_at
     assert RunFolder.open(result.run_dir).status()["state"] == "cancelled"
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
     second = Recorder()
     resumed = resume(result.run_dir, second)
-    assert resumed.status == "completed" and resumed.step == 6
+    assert resumed.status == "completed" and resumed.step == 9
     metrics = RunFolder.open(result.run_dir).metrics()
-    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]
+    assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 10))
     expected = full.losses()
     got = {m["step"]: m["loss"] for m in metrics if "loss" in m}
-    for step in range(1, 7):
+    for step in range(1, 10):
         assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-4), step
     started = next(e for e in second.events if isinstance(e, ev.RunStarted))
-    assert started.resumed_from_step == 3
+    assert started.resumed_from_step == stop_at
 
 
 def test_cancel_during_data_preparation_returns_without_a_run(tiny_model_dir, chat_file, tmp_path):
