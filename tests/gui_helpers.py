@@ -83,3 +83,56 @@ def close_window(window) -> None:
     for task in window.findChildren(BackgroundTask):
         task.cancel_pending()
     workers.wait_all(60_000)
+
+
+class GapMeter:
+    """How long the GUI thread went without turning its event loop, and how much of that it worked.
+
+    A 10 ms timer ticks on the GUI thread. Between two ticks it records the wall-clock wait and the
+    GUI thread's own CPU time (``time.thread_time``). Work done on the GUI thread — a model load, a
+    training step, a big relayout — is CPU time of that thread, so ``busiest`` catches it whatever
+    the machine's load. A wait that is not the GUI's doing — other processes on a shared CI machine,
+    a worker holding the GIL inside a library call — is wall time only; ``longest`` still catches a
+    freeze or a deadlock, with a bound generous enough for a loaded machine.
+    """
+
+    def __init__(self, *, start: bool = True) -> None:
+        import time
+
+        from PySide6.QtCore import QTimer
+
+        self._clock, self._cpu = time.perf_counter, time.thread_time
+        self.longest = self.busiest = 0.0
+        self.ticks = 0
+        self._last: tuple[float, float] | None = None
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        self._last = None
+        self.timer.start()
+
+    def _tick(self) -> None:
+        now = (self._clock(), self._cpu())
+        if self._last is not None:
+            self.longest = max(self.longest, now[0] - self._last[0])
+            self.busiest = max(self.busiest, now[1] - self._last[1])
+        self._last = now
+        self.ticks += 1
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+    def check(self, *, busy_s: float, wall_s: float) -> str:
+        """Assert both bounds; returns a short report for the test's output."""
+        self.stop()
+        report = (
+            f"longest gap {self.longest * 1000:.0f} ms, GUI thread busy {self.busiest * 1000:.0f} ms of it"
+        )
+        assert self.ticks > 5, "the timer never ran"
+        assert self.busiest < busy_s, f"the GUI thread itself worked without a break: {report}"
+        assert self.longest < wall_s, f"the GUI thread was blocked: {report}"
+        return report

@@ -3,12 +3,11 @@ GUI event loop that stays responsive while the engine works in its QThread."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from gui_helpers import close_window, make_window, tiny_config, write_chat
-from PySide6.QtCore import Qt, QTimer
+from gui_helpers import GapMeter, close_window, make_window, tiny_config, write_chat
+from PySide6.QtCore import Qt
 
 from lora_studio.core import events as ev
 from lora_studio.core.runs import RunFolder
@@ -38,32 +37,6 @@ class EventLog:
         return [e for e in self.events if isinstance(e, kind)]
 
 
-class GapMeter:
-    """The longest interval between ticks of a 10 ms timer: how long the event loop was blocked."""
-
-    def __init__(self):
-        self.longest = 0.0
-        self.ticks = 0
-        self._last: float | None = None
-        self.timer = QTimer()
-        self.timer.setInterval(10)
-        self.timer.timeout.connect(self._tick)
-
-    def _tick(self):
-        now = time.perf_counter()
-        if self._last is not None:
-            self.longest = max(self.longest, now - self._last)
-        self._last = now
-        self.ticks += 1
-
-    def start(self):
-        self._last = None
-        self.timer.start()
-
-    def stop(self):
-        self.timer.stop()
-
-
 def test_a_tiny_run_from_the_train_page_completes_with_live_plots_and_a_responsive_gui(
     qtbot, tiny_model_dir, chat_file, tmp_path
 ):
@@ -74,7 +47,7 @@ def test_a_tiny_run_from_the_train_page_completes_with_live_plots_and_a_responsi
     window = make_window(qtbot, config)
     page = window.pages["train"]
     log = EventLog(window)
-    meter = GapMeter()
+    meter = GapMeter(start=False)
     window.runs.event.connect(lambda e: meter.start() if isinstance(e, ev.RunStarted) else None)
     # measured while the engine trains, up to its Finished event (the end-of-run message bar's
     # one-time relayout of the plots comes after; bench/gui_responsiveness.py reports it)
@@ -101,8 +74,11 @@ def test_a_tiny_run_from_the_train_page_completes_with_live_plots_and_a_responsi
         run_dir = log.of(ev.Finished)[0].run_dir
         assert RunFolder.open(run_dir).status()["state"] == "completed"
         # the event loop kept turning while the engine trained in its thread
+        # the event loop kept turning while the engine trained in its thread: the GUI thread never
+        # worked a quarter of a second without a break (wall time also counts other jobs on a
+        # shared machine, so its bound only catches a freeze)
         assert meter.ticks > 10
-        assert meter.longest < 0.25, f"GUI thread blocked for {meter.longest * 1000:.0f} ms"
+        print("\n" + meter.check(busy_s=0.25, wall_s=5.0))
     finally:
         close_window(window)
 
@@ -128,7 +104,8 @@ def test_stop_mid_run_leaves_a_cancelled_run_with_an_adapter(qtbot, tiny_model_d
 
 
 def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_path):
-    config = tiny_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=6, save_steps=10)
+    # 30 steps: the pause asked on step 2's event lands mid-run however late a loaded GUI sees it
+    config = tiny_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=30, save_steps=100)
     window = make_window(qtbot, config)
     page = window.pages["train"]
     log = EventLog(window)
@@ -160,7 +137,7 @@ def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_p
         with qtbot.waitSignal(window.runs.ended, timeout=180_000) as ended:
             qtbot.mouseClick(page.pause_button, Qt.MouseButton.LeftButton)
         assert ended.args == ["completed"]
-        assert log.steps() == [1, 2, 3, 4, 5, 6], f"held at {held_at}"
+        assert log.steps() == list(range(1, 31)), f"held at {held_at}"
         assert [e.paused for e in log.of(ev.Paused)] == [True, False]
     finally:
         close_window(window)
