@@ -2,7 +2,6 @@
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -278,11 +277,8 @@ def test_preview_segments_are_the_rendered_text(tmp_path, tokenizer):
     assert doc.segments == [("doc<|im_end|>", True)] and doc.tokens == 2
 
 
-def test_demo_is_prepared_quickly(tokenizer):
-    prepare_dataset(DataSection(path="demo"), tokenizer)  # warm imports
-    start = time.perf_counter()
+def test_demo_is_prepared_for_training(tokenizer):
     prepared = prepare_dataset(DataSection(path="demo"), tokenizer)
-    assert time.perf_counter() - start < 3.0
     assert prepared.train.column_names == ["input_ids", "labels", "length"] and prepared.eval is None
 
 
