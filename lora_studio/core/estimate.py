@@ -33,6 +33,8 @@ from lora_studio.core.estimate_terms import (
 from lora_studio.core.memory_saving import loss_chunk_tokens
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import torch
 
     from lora_studio.core.config import RunConfig
@@ -347,7 +349,8 @@ def _activation_terms(plan: Plan, *, grads: int, trainable: int) -> tuple[int, i
 
     A step's peak is the largest of four moments, all on top of the static bytes: the loss (saved
     activations + logits), the start of the last layer's backward (+ its recomputation under
-    checkpointing + gradient buffers), DoRA's weight-sized forward work, and the optimizer step.
+    checkpointing + gradient buffers), DoRA's weight-sized forward work (under checkpointing it
+    reruns in a layer's recomputation, with the gradients already there), and the optimizer step.
     ``temporaries`` is what the largest moment needs beyond the loss phase, so the parts add up
     to the total.
     """
@@ -361,10 +364,7 @@ def _activation_terms(plan: Plan, *, grads: int, trainable: int) -> tuple[int, i
     masks = mask_kinds * mask_bytes * plan.batch_size * plan.seq_len**2
     per_layer = _per_layer_tokens(plan, masked=masked)
     outside = outside_saved_bytes(shape, tokens=tokens, seq_len=plan.seq_len, stream=stream, masks=masks)
-    dora_copies = 0
-    if plan.use_dora:
-        base_fp32 = plan.quantization == "none" and plan.compute_bytes == 4
-        dora_copies = dora_weight_copies(plan.lora, dropout=plan.lora_dropout > 0, base_fp32=base_fp32)
+    dora_copies = _dora_copies(plan, plan.lora)
     head_bytes = 4 if plan.compute_bytes == 4 or plan.upcast else 2
     loss_tokens = min(tokens, loss_chunk_tokens(shape.vocab)) if plan.chunked_loss else tokens
     logits = logits_peak_bytes(
@@ -384,31 +384,63 @@ def _activation_terms(plan: Plan, *, grads: int, trainable: int) -> tuple[int, i
         layer_phase = activations + recompute + layer_temp + grads
     else:
         activations = sum(per_layer) * tokens + outside + dora_copies - _first_layer_discount(plan)
+        recompute = 0
         layer_phase = activations + layer_temp + grads
     loss_phase = activations + logits + grads
     step_phase = grads + optimizer_step_temp_bytes(trainable, plan.optimizer)
-    dora_phase = activations + dora_forward_temp_bytes(plan.lora) if plan.use_dora else 0
+    dora_phase = 0
+    if plan.use_dora:  # under checkpointing DoRA's work reruns in the backward's recomputation
+        dora_phase = activations + _dora_forward_temp(plan)
+        if plan.gradient_checkpointing:
+            dora_phase += recompute + grads
     temporaries = max(0, max(layer_phase, step_phase, dora_phase) - loss_phase)
     return activations, logits, temporaries, max(per_layer, default=0)
 
 
+def _dora_copies(plan: Plan, modules: Iterable[Module]) -> int:
+    """DoRA's weight copies kept for backward, for these modules (0 without DoRA)."""
+    if not plan.use_dora:
+        return 0
+    return dora_weight_copies(
+        modules, dropout=plan.lora_dropout > 0, base_fp32=_base_fp32(plan), autocast=plan.autocast
+    )
+
+
+def _dora_forward_temp(plan: Plan) -> int:
+    return dora_forward_temp_bytes(
+        plan.lora,
+        dropout=plan.lora_dropout > 0,
+        base_fp32=_base_fp32(plan),
+        autocast=plan.autocast,
+    )
+
+
+def _base_fp32(plan: Plan) -> bool:
+    """Whether the adapted weights are fp32 as stored (DoRA's ``.to(float32)`` copies nothing)."""
+    return plan.quantization == "none" and plan.compute_bytes == 4
+
+
 def _first_layer_discount(plan: Plan) -> int:
     """Without checkpointing nothing upstream of the first layer needs a gradient, so its first norm
-    and its attention inputs' dropout masks (and int8 inputs) are not saved."""
+    and its attention inputs' dropout masks (and int8 inputs) are not saved, nor DoRA's weight
+    copies for those inputs: the matmul that reads a copy keeps it only for its input's gradient."""
     shape = plan.shape
     discount = 4 * shape.hidden + 4
-    first = {m.leaf for m in plan.lora if ".layers.0." in f".{m.name}"}
+    first_modules = [m for m in plan.lora if ".layers.0." in f".{m.name}"]
+    first = {m.leaf for m in first_modules}
+    copies = 0
     for key, width, leaves in shape.layer.groups:
         if key != "attn_in":
             continue
         adapters = sum(1 for leaf in leaves if leaf in first)
+        copies += _dora_copies(plan, [m for m in first_modules if m.leaf in leaves])
         if plan.lora_dropout > 0:
             discount += adapters * width  # the 1-byte dropout masks
         if plan.quantization == "int8" and not (
             adapters and plan.stream_bytes == 4 and plan.lora_dropout == 0
         ):
             discount += plan.stream_bytes * width
-    return discount * plan.tokens
+    return discount * plan.tokens + copies
 
 
 @lru_cache(maxsize=4096)

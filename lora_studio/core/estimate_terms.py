@@ -171,18 +171,62 @@ def layer_saved_per_token(
     return total
 
 
-def dora_weight_copies(modules: Iterable[Module], *, dropout: bool, base_fp32: bool) -> int:
-    """With dropout, peft's DoRA recomputes the base output from an fp32 copy of each adapted weight
-    (dequantized / upcast), and autograd keeps that copy until backward."""
-    if not dropout or base_fp32:
+def dora_weight_copies(modules: Iterable[Module], *, dropout: bool, base_fp32: bool, autocast: bool) -> int:
+    """The weight copies autograd keeps for DoRA's recomputed base output.
+
+    With dropout, peft's DoRA does not reuse the base layer's output: it recomputes
+    ``F.linear(dropout(x), W)`` from ``dequantize(W).to(x.dtype)``, an fp32 copy of each adapted
+    weight (peft casts ``x`` to the fp32 adapter dtype first), and that matmul keeps the weight it
+    read for the input's gradient. Without autocast that is the fp32 copy itself, unless the base
+    weight already is fp32 (``.to`` is then a no-op and the parameter is kept, no new bytes).
+    Under autocast the matmul reads, and keeps, its own 16-bit cast of that copy (2 bytes per
+    element; the fp32 copy dies when the forward returns). Without dropout DoRA rescales the base
+    layer's own output and copies nothing. The first layer's attention inputs need no gradient, so
+    their copies are not kept at all (``_first_layer_discount``).
+    """
+    per_element = _dora_copy_per_element(dropout=dropout, base_fp32=base_fp32, autocast=autocast)
+    return sum(per_element * m.numel for m in modules if not m.embedding)
+
+
+def _dora_copy_per_element(*, dropout: bool, base_fp32: bool, autocast: bool) -> int:
+    if not dropout:
         return 0
-    return sum(4 * m.numel for m in modules if not m.embedding)
+    if autocast:
+        return 2
+    return 0 if base_fp32 else 4
 
 
-def dora_forward_temp_bytes(modules: Iterable[Module]) -> int:
-    """DoRA's per-layer forward work: peft builds B·A by running the adapter on an in×in fp32
-    identity, and upcasts the base weight to renormalise it — transient, but weight-sized."""
-    return max((4 * m.in_features**2 + 12 * m.numel for m in modules if not m.embedding), default=0)
+def dora_forward_temp_bytes(
+    modules: Iterable[Module], *, dropout: bool, base_fp32: bool, autocast: bool
+) -> int:
+    """The largest adapted layer's transient DoRA work in the forward, beyond the saved activations.
+
+    peft rebuilds B·A on every call as ``lora_B(lora_A(eye))`` with an in×in fp32 identity, then
+    renormalises ``W + s·B·A`` in fp32: B·A, the fp32 weight copy (none when the base weight is
+    fp32), ``s·B·A`` and the sum, 4 bytes per weight element each. lora_A keeps the identity for
+    its weight's gradient until the forward returns, although B·A is only used detached.
+
+    Under autocast lora_A reads (and keeps) a 16-bit cast of the identity and B·A comes out 16-bit,
+    so there are two peaks: while building B·A (fp32 identity + its cast + 16-bit B·A) and while
+    renormalising (the cast + the four fp32 weight-sized tensors).
+
+    The weight copy kept for backward (``dora_weight_copies``) is already counted: it is the fp32
+    copy itself without autocast; under autocast its 16-bit cast only appears after these peaks.
+    Under gradient checkpointing the same work reruns in each layer's recomputation, which keeps
+    the identity like a plain forward does (measured), on top of the recomputed layer.
+    """
+    copy = 0 if base_fp32 else 4
+    saved = _dora_copy_per_element(dropout=dropout, base_fp32=base_fp32, autocast=autocast)
+
+    def one(m: Module) -> int:
+        square, numel = m.in_features**2, m.numel
+        if autocast:
+            peak = max(6 * square + 2 * numel, 2 * square + (12 + copy) * numel)
+        else:
+            peak = 4 * square + (12 + copy) * numel
+        return peak - saved * numel
+
+    return max((one(m) for m in modules if not m.embedding), default=0)
 
 
 def outside_saved_bytes(shape: ModelShape, *, tokens: int, seq_len: int, stream: int, masks: int) -> int:
