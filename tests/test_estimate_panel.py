@@ -55,7 +55,13 @@ def panel(qtbot):
     widget.model.setCurrentIndex(widget.model.findData(LLAMA))
     assert widget.select_gpu("RTX 3060")  # 12 GB
     settle(qtbot, widget)
-    return widget
+    yield widget
+    # no estimate may answer into this panel while a later test runs
+    from lora_studio.gui import workers
+
+    widget.task.cancel_pending()
+    widget._catalog_task.cancel_pending()
+    assert workers.wait_all(60_000)
 
 
 def test_savers_that_are_off_show_as_off_and_the_advice_names_each_with_its_saving(panel):

@@ -1,10 +1,15 @@
-"""Long work off the GUI thread: one worker pattern for everything, wired the way superqt does it.
+"""Long work off the GUI thread: one worker pattern for everything.
 
-A :class:`Worker` is a ``QObject`` moved to its own ``QThread``: ``started → work``, ``finished →
-thread.quit``, ``deleteLater`` on both, and the pair kept referenced until the thread has finished.
-Any exception in the work becomes the ``errored`` signal (never a silent dead thread, never a
-traceback in the user's face). Results and events reach the GUI thread as *queued* signals: a
-worker's signals are only ever connected to slots of objects living in the GUI thread.
+A :class:`Worker` is a ``QObject`` living in the GUI thread whose ``work`` runs in its own
+``QThread``; the pair is kept referenced until the thread has finished. Any exception in the work becomes the ``errored`` signal
+(never a silent dead thread, never a traceback in the user's face).
+
+A worker thread never emits a Qt signal itself. It hands ``(signal.emit, args)`` to :func:`post`,
+a plain deque, and a timer on the GUI thread emits them there, in order. Why: a cross-thread emit
+from Python takes one of Qt's pooled signal-slot mutexes and, to copy Python arguments, the GIL;
+the GUI thread, inside a Qt call that takes the same pooled mutex (``setStyleSheet`` connects to
+``destroyed``) and calls back into Python, waits for the GIL the other way round. That deadlock
+froze the test suite twice (main thread stuck in ``QLabel.setStyleSheet``, a worker in C++).
 
 Two users of it: :class:`TrainingWorker` (the engine's events → ``event`` signal; stop and pause are
 ``threading.Event`` flags the engine checks at step boundaries) and :class:`BackgroundTask`, the
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +35,38 @@ log = logging.getLogger(__name__)
 _LIVE: list[_Job] = []
 _held = False
 _waiting: list[BackgroundTask] = []
+
+#: What worker threads send to the GUI thread: (callable, args), emitted there by the relay's timer.
+_OUTBOX: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+RELAY_MS = 15  # how often the GUI thread looks; streamed chat text and step events arrive this late at most
+_relay: QTimer | None = None
+
+
+def post(fn: Callable[..., Any], *args: Any) -> None:
+    """Call ``fn(*args)`` on the GUI thread, after everything posted before it (any thread)."""
+    _OUTBOX.append((fn, args))
+
+
+def _drain() -> None:
+    """Run what workers posted (GUI thread); the relay rests when no worker is left."""
+    while _OUTBOX:
+        fn, args = _OUTBOX.popleft()
+        try:
+            fn(*args)
+        except Exception:  # a slot's own bug must not stop the others' delivery
+            log.exception("delivering a worker's result failed")
+    if not _LIVE and not _OUTBOX and _relay is not None:
+        _relay.stop()
+
+
+def _start_relay() -> None:
+    global _relay
+    if _relay is None:
+        _relay = QTimer()
+        _relay.setInterval(RELAY_MS)
+        _relay.timeout.connect(_drain)
+    if not _relay.isActive():
+        _relay.start()
 
 
 class Worker(QObject):
@@ -49,11 +87,26 @@ class Worker(QObject):
         except Exception as exc:
             if not isinstance(exc, LoraStudioError):
                 log.exception("background work failed")
-            self.errored.emit(exc)
+            self.send(self.errored, exc)
         else:
-            self.returned.emit(result)
+            self.send(self.returned, result)
         finally:
-            self.finished.emit()
+            self.send(self.finished)
+
+    @staticmethod
+    def send(signal: Any, *args: Any) -> None:
+        """Emit ``signal`` on the GUI thread (from the worker thread; see the module docstring)."""
+        post(signal.emit, *args)
+
+
+class _WorkThread(QThread):
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self._worker = worker
+
+    def run(self) -> None:
+        self._worker.work()
+        self._worker = None  # the job keeps it until the relay has emitted what it sent
 
 
 class _Job(QObject):
@@ -68,13 +121,12 @@ class _Job(QObject):
     ) -> None:
         super().__init__()
         self.worker = worker
-        self.thread = QThread()
+        # The worker object stays in the GUI thread, so every slot connected to its signals (a
+        # lambda too, which PySide runs in the sender's thread) runs there; only ``work`` runs in
+        # the new thread, which needs no event loop: nothing there receives signals.
+        self.thread = _WorkThread(worker)
         self.thread.setObjectName(f"lora-studio-{type(worker).__name__}")
         self._on_returned, self._on_errored, self._on_finished = on_returned, on_errored, on_finished
-        worker.moveToThread(self.thread)
-        self.thread.started.connect(worker.work)
-        worker.finished.connect(self.thread.quit)
-        worker.finished.connect(worker.deleteLater)
         self.thread.finished.connect(self._release)  # which deleteLater()s the thread once it has ended
         worker.returned.connect(self._returned)
         worker.errored.connect(self._errored)
@@ -91,6 +143,7 @@ class _Job(QObject):
 
     @Slot()
     def _release(self) -> None:
+        _drain()  # whatever the worker posted comes before on_finished
         self.thread.wait(2000)  # finished is emitted just before the thread really ends
         self.thread.deleteLater()
         if self in _LIVE:
@@ -109,6 +162,7 @@ def start(
     """Run ``worker`` in a new thread; the callbacks run on the GUI thread."""
     job = _Job(worker, on_returned, on_errored, on_finished)
     _LIVE.append(job)
+    _start_relay()
     job.thread.start()
     return worker
 
@@ -264,7 +318,7 @@ class TrainingWorker(Worker):
         self.runs_root = runs_root
 
     def _listen(self, event: Any) -> None:
-        self.event.emit(event)
+        self.send(self.event, event)
 
     def _train(self) -> Any:
         from lora_studio.core import engine

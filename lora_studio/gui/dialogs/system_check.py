@@ -55,7 +55,7 @@ class DoctorWorker(workers.Worker):
     def _check(self) -> list[Check]:
         with contextlib.suppress(Exception):  # a broken torch install: the torch check reports it
             jobs.ensure_libraries()
-        return run_checks(progress=self.found.emit)
+        return run_checks(progress=lambda check: self.send(self.found, check))
 
 
 def first_run_due(store: QSettings) -> bool:

@@ -93,9 +93,9 @@ class ChatWorker(workers.Worker):
                 self.sampling,
                 use_adapter=use_adapter,
                 cancel=self.cancel,
-                on_piece=lambda text, side=side: self.piece.emit(side, text),
+                on_piece=lambda text, side=side: self.send(self.piece, side, text),
             )
-            self.answered.emit(side, reply)
+            self.send(self.answered, side, reply)
 
 
 class ChatPage(Page):

@@ -97,7 +97,11 @@ class EvaluateWorker(workers.Worker):
         models = self.request.models()
         eval_set = self.request.eval_set(models, self.cancel)
         report = evaluate(
-            models, eval_set, self.request.options, progress=self.progress.emit, cancel=self.cancel
+            models,
+            eval_set,
+            self.request.options,
+            progress=lambda *a: self.send(self.progress, *a),
+            cancel=self.cancel,
         )
         return report.to_dict(), report.example_rows()
 

@@ -81,7 +81,9 @@ class ExportWorker(workers.Worker):
         from lora_studio.gui.jobs import ensure_libraries
 
         ensure_libraries()
-        return run_export(self.plan, verify=True, cancel=self.cancel, progress=self.progress.emit)
+        return run_export(
+            self.plan, verify=True, cancel=self.cancel, progress=lambda *a: self.send(self.progress, *a)
+        )
 
 
 class ExportPage(Page):

@@ -71,8 +71,8 @@ class PromptSetWorker(workers.Worker):
             sampling,
             columns=columns,
             cancel=self.cancel,
-            on_cell=self.cell.emit,
-            on_piece=self.piece.emit,
+            on_cell=lambda cell: self.send(self.cell, cell),
+            on_piece=lambda row, column, text: self.send(self.piece, row, column, text),
             **names,
         )
 

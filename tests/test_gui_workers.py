@@ -1,0 +1,68 @@
+"""Workers hand everything to the GUI thread through the relay, in order, and never emit a Qt
+signal from their own thread (the GIL / Qt-mutex deadlock described in ``gui/workers.py``)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtCore import QObject, Qt, Signal
+
+from lora_studio.gui import workers
+
+
+class Counting(workers.Worker):
+    tick = Signal(object)
+
+    def __init__(self, count: int) -> None:
+        super().__init__(lambda: self._count(count))
+
+    def _count(self, count: int) -> str:
+        for i in range(count):
+            self.send(self.tick, {"i": i})
+        return "done"
+
+
+def test_results_arrive_on_the_gui_thread_in_order_and_before_finished(qtbot):
+    gui = threading.get_ident()
+    seen: list[tuple[str, object, int]] = []
+    worker = Counting(200)
+    # a direct connection runs the slot in the thread that emits: the GUI thread, never the worker's
+    worker.tick.connect(
+        lambda item: seen.append(("tick", item["i"], threading.get_ident())),
+        Qt.ConnectionType.DirectConnection,
+    )
+    workers.start(
+        worker,
+        on_returned=lambda result: seen.append(("returned", result, threading.get_ident())),
+        on_finished=lambda: seen.append(("finished", None, threading.get_ident())),
+    )
+    assert workers.wait_all(30_000)
+    assert [s[:2] for s in seen] == [("tick", i) for i in range(200)] + [
+        ("returned", "done"),
+        ("finished", None),
+    ]
+    assert {s[2] for s in seen} == {gui}
+
+
+def test_a_worker_thread_emits_no_qt_signal(qtbot, monkeypatch):
+    """``send`` from a worker thread emits on the GUI thread (a direct connection shows where)."""
+    gui = threading.get_ident()
+    emitted_on: list[int] = []
+
+    class Probe(QObject):
+        ping = Signal(object)
+
+    probe = Probe()
+    probe.ping.connect(lambda _: emitted_on.append(threading.get_ident()), Qt.ConnectionType.DirectConnection)
+
+    def work() -> int:
+        workers.Worker.send(probe.ping, 1)
+        return 2
+
+    errors: list[Exception] = []
+    workers.start(workers.Worker(work), on_errored=errors.append)
+    assert workers.wait_all(30_000)
+    assert not errors and emitted_on == [gui]
