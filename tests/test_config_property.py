@@ -47,6 +47,7 @@ CASES = {"tried": 0, "valid": 0}
 @given(configs())
 @example({"training": {"weight_decay": float("nan")}})
 @example({"training": {"max_grad_norm": float("inf")}})
+@example({"output": {"runs_dir": "\U00018d09"}})  # beyond U+FFFF: TOML's \\u takes 4 hex digits only
 def test_random_configs_give_a_config_or_a_located_config_error(data):
     CASES["tried"] += 1
     try:

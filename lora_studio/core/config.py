@@ -511,6 +511,12 @@ def _reason(err: Any) -> str:
 # -- TOML writing ---------------------------------------------------------------------------------
 
 
+def _toml_unicode_escape(ch: str) -> str:
+    """TOML's \\uXXXX holds 4 hex digits: a character beyond U+FFFF needs \\UXXXXXXXX."""
+    code = ord(ch)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -531,7 +537,9 @@ def _toml_value(value: Any) -> str:
             .replace("\r", "\\r")
             .replace("\t", "\\t")
         )
-        escaped = "".join(ch if ch.isprintable() or ch in "\\" else f"\\u{ord(ch):04x}" for ch in escaped)
+        escaped = "".join(
+            ch if ch.isprintable() or ch in "\\" else _toml_unicode_escape(ch) for ch in escaped
+        )
         return f'"{escaped}"'
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
