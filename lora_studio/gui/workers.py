@@ -70,7 +70,7 @@ def _start_relay() -> None:
 
 
 class Worker(QObject):
-    """Runs ``fn(*args, **kwargs)`` once, in the thread it was moved to."""
+    """Runs ``fn(*args, **kwargs)`` once in its job's thread; sends results back with :meth:`send`."""
 
     returned = Signal(object)
     errored = Signal(object)
