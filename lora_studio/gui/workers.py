@@ -40,6 +40,7 @@ _waiting: list[BackgroundTask] = []
 _OUTBOX: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
 RELAY_MS = 15  # how often the GUI thread looks; streamed chat text and step events arrive this late at most
 _relay: QTimer | None = None
+_RETIRED: list[Any] = []  # finished jobs, released on the next turn of the event loop
 
 
 def post(fn: Callable[..., Any], *args: Any) -> None:
@@ -148,6 +149,10 @@ class _Job(QObject):
         self.thread.deleteLater()
         if self in _LIVE:
             _LIVE.remove(self)
+        # this slot runs inside Qt's delivery to this very object: its last reference must not go
+        # (deleting the C++ object) until the event loop has moved on
+        _RETIRED.append(self)
+        QTimer.singleShot(0, _RETIRED.clear)
         if self._on_finished:
             self._on_finished()
 
