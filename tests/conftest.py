@@ -27,6 +27,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def _runs_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("LORA_STUDIO_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("LORA_STUDIO_CONFIG_DIR", str(tmp_path / "config"))  # saved prompt sets
+    yield
+    gui_helpers.stop_meters()  # a failed GUI test's meter must not tick on (see stop_meters)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +38,8 @@ def default_model_dir() -> Path:
 
     return resolve_model("default").path
 
+
+import gui_helpers  # noqa: E402  (Qt-free at import)
 
 from lora_studio.tiny_models import make_tiny_model  # noqa: E402  (re-exported for tests)
 

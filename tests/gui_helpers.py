@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -74,6 +75,26 @@ def wait_idle(qtbot, window, timeout: int = 60_000) -> None:
     qtbot.waitUntil(idle, timeout=timeout)
 
 
+def wait_answered(qtbot, page, side: str = "main", timeout: int = 60_000) -> None:
+    """Until the chat page has answered the last message (loading the model first if it had to).
+
+    Waits for the end state, not for ``page.worker`` to appear and go: a model already in memory
+    and an answer that fails at once can come and go between two polls of ``waitUntil``.
+    """
+
+    def answered() -> bool:
+        turns = page.views[side].turns
+        return (
+            page.worker is None
+            and not page.loading
+            and bool(turns)
+            and turns[-1].role == "assistant"
+            and not turns[-1].pending
+        )
+
+    qtbot.waitUntil(answered, timeout=timeout)
+
+
 def close_window(window) -> None:
     """Stop the run, let background tasks answer, and wait for every worker thread to end."""
     from lora_studio.gui import workers
@@ -83,6 +104,22 @@ def close_window(window) -> None:
     for task in window.findChildren(BackgroundTask):
         task.cancel_pending()
     workers.wait_all(60_000)
+
+
+#: Every GapMeter not stopped yet: the ``conftest`` stops them after each test (see ``stop_meters``).
+_RUNNING: weakref.WeakSet[GapMeter] = weakref.WeakSet()
+
+
+def stop_meters() -> None:
+    """Stop the timers of meters a failed test left running.
+
+    A failed test's frame (and its meter) lives on in the traceback; such frames form reference
+    cycles, which Python's cycle collector frees in whichever thread happens to allocate — often
+    a worker thread. Deleting a QTimer that is still running from another thread leaves Qt with a
+    dangling timer, and the next test crashed in ``QTimerInfoList::activateTimers``.
+    """
+    for meter in list(_RUNNING):
+        meter.stop()
 
 
 class GapMeter:
@@ -108,13 +145,15 @@ class GapMeter:
         self._last: tuple[float, float] | None = None
         self.timer = QTimer()
         self.timer.setInterval(10)
-        self.timer.timeout.connect(self._tick)
+        ref = weakref.ref(self)  # no cycle through the connection: the meter goes with its test
+        self.timer.timeout.connect(lambda: (meter := ref()) and meter._tick())
         if start:
             self.start()
 
     def start(self) -> None:
         self._last = (self._clock(), self._cpu())
         self.timer.start()
+        _RUNNING.add(self)
 
     def _tick(self) -> None:
         now = (self._clock(), self._cpu())
@@ -130,6 +169,7 @@ class GapMeter:
             self._tick()
             self._last = None
         self.timer.stop()
+        _RUNNING.discard(self)
 
     def check(self, *, busy_s: float, wall_s: float) -> str:
         """Assert both bounds; returns a short report for the test's output."""

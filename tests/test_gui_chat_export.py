@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gui_helpers import tiny_config, write_chat
+from gui_helpers import tiny_config, wait_answered, write_chat
 
 from lora_studio.core.prompt_sets import PromptSet
 from lora_studio.gui import workers
@@ -53,8 +53,7 @@ def wait_workers(qtbot) -> None:
 def send(qtbot, page, text: str) -> None:
     page.prompt.setPlainText(text)
     page.send()
-    qtbot.waitUntil(lambda: page.worker is not None, timeout=60_000)  # loads first if needed
-    qtbot.waitUntil(lambda: page.worker is None, timeout=60_000)
+    wait_answered(qtbot, page)  # loads first if needed
 
 
 def test_chat_streams_an_answer_then_stops_and_reports_errors(qtbot, tiny_model_dir, tmp_path):

@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import pytest
 import test_gui_chat_export
-from gui_helpers import GapMeter, close_window, make_window, tiny_config, wait_idle, write_chat
+from gui_helpers import (
+    GapMeter,
+    close_window,
+    make_window,
+    tiny_config,
+    wait_answered,
+    wait_idle,
+    write_chat,
+)
 from PySide6.QtWidgets import QApplication, QDialog
 
 from lora_studio.core.runs import list_runs
@@ -161,8 +169,7 @@ def test_a_generation_fault_shows_one_message_and_the_next_message_is_answered(q
     meter = GapMeter()
     page.prompt.setPlainText("What is your name?")
     page.send()  # loads the model first, then answers
-    qtbot.waitUntil(lambda: page.worker is not None, timeout=60_000)
-    qtbot.waitUntil(lambda: page.worker is None, timeout=60_000)
+    wait_answered(qtbot, page)
     gap = meter.check(busy_s=BUSY_S, wall_s=WALL_S)
     shown = assert_one_clear_error(messages, page, "Generation failed", "injected fault during generation")
     assert shown.startswith("Problem with the chat"), shown
@@ -173,8 +180,7 @@ def test_a_generation_fault_shows_one_message_and_the_next_message_is_answered(q
     # the next action: the same model answers the next message (the fault hit the first only)
     page.prompt.setPlainText("Say hello.")
     page.send()
-    qtbot.waitUntil(lambda: page.worker is not None, timeout=60_000)
-    qtbot.waitUntil(lambda: page.worker is None, timeout=60_000)
+    wait_answered(qtbot, page)
     assert page.views["main"].turns[-1].stats.split(" tokens")[0].isdigit()
     assert [m["role"] for m in page.history["main"]] == ["user", "assistant"]
     assert page.messages.message() == "" and len(messages.errors()) == 1

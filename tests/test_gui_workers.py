@@ -66,3 +66,37 @@ def test_a_worker_thread_emits_no_qt_signal(qtbot, monkeypatch):
     workers.start(workers.Worker(work), on_errored=errors.append)
     assert workers.wait_all(30_000)
     assert not errors and emitted_on == [gui]
+
+
+def test_a_finished_job_is_freed_on_the_gui_thread_without_the_cycle_collector(qtbot):
+    """Python's cycle collector runs in whichever thread allocates; a Qt object it frees from a
+    worker's thread (a running QTimer, say) crashes the event loop. So a finished worker, its job
+    and what the work held must go by reference counting, on the GUI thread."""
+    import gc
+    import weakref
+
+    from PySide6.QtCore import QCoreApplication
+
+    class Held:  # stands for a model the work held
+        pass
+
+    class Holding(Counting):  # like the app's workers: its work is a lambda over itself
+        def __init__(self, held: Held) -> None:
+            workers.Worker.__init__(self, lambda model: self._count(3) + type(model).__name__, held)
+
+    held = Held()
+    worker = Holding(held)
+    refs = {"worker": weakref.ref(worker), "held": weakref.ref(held)}
+    del held
+    gc.disable()
+    try:
+        workers.start(worker)
+        refs["job"] = weakref.ref(workers._LIVE[-1])
+        del worker
+        assert workers.wait_all(30_000)
+        for _ in range(5):
+            QCoreApplication.processEvents()
+        alive = [name for name, ref in refs.items() if ref() is not None]
+        assert alive == [], f"left for the cycle collector: {alive}"
+    finally:
+        gc.enable()

@@ -93,11 +93,17 @@ class Worker(QObject):
             self.send(self.returned, result)
         finally:
             self.send(self.finished)
+            # what the work held (a lambda over this worker, a model) goes now, not with a cycle
+            self._fn, self._args, self._kwargs = _done_fn, (), {}
 
     @staticmethod
     def send(signal: Any, *args: Any) -> None:
         """Emit ``signal`` on the GUI thread (from the worker thread; see the module docstring)."""
         post(signal.emit, *args)
+
+
+def _done_fn() -> None:
+    raise RuntimeError("a Worker runs once")
 
 
 class _WorkThread(QThread):
@@ -152,9 +158,19 @@ class _Job(QObject):
         # this slot runs inside Qt's delivery to this very object: its last reference must not go
         # (deleting the C++ object) until the event loop has moved on
         _RETIRED.append(self)
-        QTimer.singleShot(0, _RETIRED.clear)
+        QTimer.singleShot(0, _retire)
         if self._on_finished:
             self._on_finished()
+
+
+def _retire() -> None:
+    """Let finished jobs go, breaking the job ↔ worker cycle so that reference counting frees them
+    here, on the GUI thread. Left to Python's cycle collector, a QObject is freed in whichever
+    thread happens to run it — a worker's, in the middle of a training step — and Qt objects must
+    not be deleted from another thread (a running QTimer freed that way crashes the event loop)."""
+    while _RETIRED:
+        job = _RETIRED.pop()
+        job.worker = None
 
 
 def start(
