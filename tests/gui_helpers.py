@@ -75,22 +75,20 @@ def wait_idle(qtbot, window, timeout: int = 60_000) -> None:
     qtbot.waitUntil(idle, timeout=timeout)
 
 
-def wait_answered(qtbot, page, side: str = "main", timeout: int = 60_000) -> None:
-    """Until the chat page has answered the last message (loading the model first if it had to).
+def wait_answered(qtbot, page, timeout: int = 60_000) -> None:
+    """Until the chat page has answered the last message on every side shown (loading the model
+    first if it had to).
 
     Waits for the end state, not for ``page.worker`` to appear and go: a model already in memory
     and an answer that fails at once can come and go between two polls of ``waitUntil``.
     """
 
+    def ended(turns) -> bool:
+        return bool(turns) and turns[-1].role == "assistant" and not turns[-1].pending
+
     def answered() -> bool:
-        turns = page.views[side].turns
-        return (
-            page.worker is None
-            and not page.loading
-            and bool(turns)
-            and turns[-1].role == "assistant"
-            and not turns[-1].pending
-        )
+        views = [page.views[side].turns for side, _ in page.sides()]
+        return page.worker is None and not page.loading and all(ended(turns) for turns in views)
 
     qtbot.waitUntil(answered, timeout=timeout)
 
