@@ -85,6 +85,21 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def uniform_length_data(n: int = 64) -> Path:
+    """One demo record, ``n`` times: every batch has the same shape and token count, whatever the
+    sampler picks. The engine orders batches from (seed, epoch), the stock Trainer from the global
+    generator; on varied lengths the two sides trained different batches (other lengths, other
+    padding), which over a few steps of the default model says more about the batches than about
+    the engine."""
+    from lora_studio.core.paths import resource_path
+
+    out = WORK / "uniform.jsonl"
+    if not out.exists():
+        first = resource_path("datasets", "identity.jsonl").read_text().splitlines()[0]
+        out.write_text("\n".join([first] * n) + "\n")
+    return out
+
+
 def identity_like_data(n: int = 64) -> Path:
     """Short chat examples of varied length (the demo set), copied so runs never touch resources/."""
     from lora_studio.core.paths import resource_path

@@ -1,7 +1,8 @@
 """Chat latency on the default model: streamed answers vs a plain ``model.generate`` of the same tokens.
 
-Time to first token, tokens/s, and the total-time ratio streamed/plain (target <= 1.05), greedy,
-interleaved repetitions.
+Time to first token, tokens/s, and the time-per-token ratio streamed/plain (target <= 1.05),
+greedy, the same ``generate`` arguments (KV cache on, attention mask) on both sides, interleaved
+repetitions alternating which side goes first.
 
     python bench/chat_latency.py [--quick]
 """
@@ -28,25 +29,41 @@ def main() -> None:
     new_tokens = 32 if args.quick else 64
     sampling = Sampling(greedy=True, max_new_tokens=new_tokens, repetition_penalty=1.0)
     ids, _ = chat.render(PROMPT)
-    plain_times, stream_times, ttfts, counts = [], [], [], []
+    plain_times, stream_times, ttfts = [], [], []
     chat.answer(PROMPT, Sampling(greedy=True, max_new_tokens=4))  # warm-up
-    for _ in range(2 if args.quick else 4):
+    chat.model.eval()
+
+    def plain_run() -> None:
+        # the same generate call as ChatModel's, less the streamer and the stop check
         start = time.perf_counter()
         with torch.no_grad():
             out = chat.model.generate(
-                torch.tensor([ids]),
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                 max_new_tokens=new_tokens,
                 do_sample=False,
+                repetition_penalty=1.0,
                 eos_token_id=chat.stop_ids,
                 pad_token_id=chat.tokenizer.pad_token_id,
+                use_cache=True,
             )
         plain_times.append(time.perf_counter() - start)
-        plain_count = out.shape[1] - len(ids)
+        plain_counts.append(out.shape[1] - len(ids))
+
+    def streamed_run() -> None:
         start = time.perf_counter()
         reply = chat.answer(PROMPT, sampling)
         stream_times.append(time.perf_counter() - start)
         ttfts.append(reply.first_token_s or float("nan"))
-        counts.append((plain_count, reply.new_tokens))
+        stream_counts.append(reply.new_tokens)
+
+    plain_counts: list[int] = []
+    stream_counts: list[int] = []
+    for rep in range(2 if args.quick else 4):
+        pair = (plain_run, streamed_run) if rep % 2 == 0 else (streamed_run, plain_run)
+        for run in pair:  # alternating which goes first
+            run()
+    counts = list(zip(plain_counts, stream_counts, strict=True))
     plain, streamed = median(plain_times), median(stream_times)
     rows = [
         {
