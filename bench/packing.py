@@ -80,7 +80,7 @@ def main() -> None:
     quiet_library_defaults()
     model_dir = tiny_model_dir(layers=4, hidden=256, intermediate=688, heads=4, kv_heads=2)
     data = alpaca_subset(400)
-    steps, reps = (10, 1) if args.quick else (25, 2)
+    steps, reps = (10, 1) if args.quick else (20, 2)
     results = {name: [] for name in MODES}
     for _ in range(reps):
         for name, overrides in MODES.items():
