@@ -73,7 +73,7 @@ def main() -> None:
             run()
     counts = list(zip(plain_counts, stream_counts, strict=True))
     # For the record: the same plain generate on the main thread. A generate in a second thread
-    # measured anywhere from 0.97x to 1.2x the main thread's time here (torch's OpenMP backend on a
+    # measured anywhere from 0.93x to 1.2x the main thread's time here (torch's OpenMP backend on a
     # shared 2-core machine); every generation in the app runs in a worker thread (the GUI's chat
     # worker, ChatModel's generation thread), so the target compares like with like.
     in_thread = list(plain_times)
