@@ -100,19 +100,3 @@ def test_a_finished_job_is_freed_on_the_gui_thread_without_the_cycle_collector(q
         assert alive == [], f"left for the cycle collector: {alive}"
     finally:
         gc.enable()
-
-
-def test_library_objects_are_frozen_once_out_of_the_cycle_collectors_way():
-    """A full ``gc.collect()`` in a worker (the engine frees a run's model that way) holds the GIL
-    while it walks every tracked object; with the libraries' import-time objects frozen it walks
-    only what came after them, and the window no longer freezes at the end of a run."""
-    import gc
-
-    from lora_studio.gui.jobs import ensure_libraries
-
-    ensure_libraries()
-    frozen = gc.get_freeze_count()
-    assert frozen > 100_000  # torch's, transformers' and peft's objects (about 500k here)
-    later = [[] for _ in range(1000)]  # objects made after the first call stay collectable
-    ensure_libraries()
-    assert gc.get_freeze_count() == frozen and later
