@@ -1,8 +1,8 @@
 """Long work off the GUI thread: one worker pattern for everything.
 
 A :class:`Worker` is a ``QObject`` living in the GUI thread whose ``work`` runs in its own
-``QThread``; the pair is kept referenced until the thread has finished. Any exception in the work becomes the ``errored`` signal
-(never a silent dead thread, never a traceback in the user's face).
+``QThread``; the pair is kept referenced until the thread has finished. Any exception in the work
+becomes the ``errored`` signal (never a silent dead thread, never a traceback in the user's face).
 
 A worker thread never emits a Qt signal itself. It hands ``(signal.emit, args)`` to :func:`post`,
 a plain deque, and a timer on the GUI thread emits them there, in order. Why: a cross-thread emit
