@@ -29,6 +29,7 @@ def _runs_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("LORA_STUDIO_CONFIG_DIR", str(tmp_path / "config"))  # saved prompt sets
     yield
     gui_helpers.stop_meters()  # a failed GUI test's meter must not tick on (see stop_meters)
+    gui_helpers.free_qt_garbage()
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
 import weakref
 from pathlib import Path
 
@@ -118,6 +120,25 @@ def stop_meters() -> None:
     """
     for meter in list(_RUNNING):
         meter.stop()
+
+
+def free_qt_garbage() -> None:
+    """Delete what a test's closed windows left, here on the GUI thread, before the next test.
+
+    pytest-qt closes a test's windows with ``deleteLater``, which waits for an event loop, and a
+    test's windows, pages and standalone ``RunController``s sit in reference cycles. Left over, the
+    next test's first worker that allocates runs the cycle collector and deletes those Qt objects
+    from its own thread — a crash (twice in CI, in the worker loading a model).
+    """
+    if "PySide6.QtWidgets" not in sys.modules:
+        return
+    from PySide6.QtCore import QCoreApplication, QEvent
+
+    if QCoreApplication.instance() is None:
+        return
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    gc.collect()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
 
 
 class GapMeter:

@@ -100,3 +100,55 @@ def test_a_finished_job_is_freed_on_the_gui_thread_without_the_cycle_collector(q
         assert alive == [], f"left for the cycle collector: {alive}"
     finally:
         gc.enable()
+
+
+def test_a_worker_kept_alive_by_a_cycle_has_no_qt_object_left_for_the_collector(qtbot):
+    """A failed run's exception keeps ``work``'s frame, and with it the worker, in a reference
+    cycle; whatever thread the collector later frees that wrapper in, no C++ object may go with it.
+    So the GUI thread deletes the worker's and the job's Qt objects when the job retires."""
+    import gc
+
+    import shiboken6
+    from PySide6.QtCore import QCoreApplication
+
+    kept: list[Exception] = []
+
+    def fail() -> None:
+        error = RuntimeError("the work failed")
+        error.cycle = error  # what an engine storing its own failure does
+        raise error
+
+    worker = workers.Worker(fail)
+    gc.disable()
+    try:
+        workers.start(worker, on_errored=kept.append)
+        job = workers._LIVE[-1]
+        assert workers.wait_all(30_000)
+        for _ in range(5):
+            QCoreApplication.processEvents()
+        frames = []
+        tb = kept[0].__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame.f_locals.get("self"))
+            tb = tb.tb_next
+        assert worker in frames  # the premise: the exception holds the worker
+        assert not shiboken6.isValid(worker) and not shiboken6.isValid(job)
+    finally:
+        kept.clear()
+        gc.enable()
+
+
+def test_library_objects_are_frozen_once_out_of_the_cycle_collectors_way():
+    """A full ``gc.collect()`` in a worker (the engine frees a run's model that way) holds the GIL
+    while it walks every tracked object; with the libraries' import-time objects frozen it walks
+    only what came after them, and the window no longer freezes at the end of a run."""
+    import gc
+
+    from lora_studio.gui.jobs import ensure_libraries
+
+    ensure_libraries()
+    frozen = gc.get_freeze_count()
+    assert frozen > 100_000  # torch's, transformers' and peft's objects (about 500k here)
+    later = [[] for _ in range(1000)]  # objects made after the first call stay collectable
+    ensure_libraries()
+    assert gc.get_freeze_count() == frozen and later

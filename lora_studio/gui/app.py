@@ -81,6 +81,10 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.store = store or settings()
         self.state = state or AppState(_saved_config(self.store))
+        if self.state.parent() is None:
+            # the window's pages and the state reference each other: as the window's child it is
+            # deleted with the window, on the GUI thread, never by a collection in a worker thread
+            self.state.setParent(self)
         self.runs = RunController(self.state, self)
         #: Asks a yes/no question; replaced in tests.
         self.confirm: Callable[[str, str], bool] = self._ask

@@ -29,9 +29,36 @@ def ensure_libraries() -> None:
     transformers resolves its attributes lazily; two threads resolving them at the same moment can
     see a half-initialised module ("cannot import name 'AutoConfig'"). Every job calls this first.
     """
+    global _frozen
     with _IMPORT_LOCK:
         import torch  # noqa: F401
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+        if not _frozen:
+            _freeze_library_objects()
+            _frozen = True
+
+
+_frozen = False
+
+
+def _freeze_library_objects() -> None:
+    """Move what the libraries' import made (modules, classes, functions: most of the heap) out of
+    the cycle collector's sight, once.
+
+    The engine and export free a model held in reference cycles with ``gc.collect()`` in their
+    worker thread; a full collection holds the GIL for as long as it walks every tracked object —
+    300 ms with torch, transformers and peft loaded — and the window froze that long at the end of
+    every run (``bench/gui_responsiveness.py``: 290 ms → 3 ms). Frozen objects are never collected;
+    the import-time objects live for the whole process anyway. No collection first: it would itself
+    hold the GIL that long, and the little garbage of start-up is not worth it.
+    """
+    import gc
+
+    import peft  # noqa: F401
+    from transformers import Trainer  # noqa: F401
+
+    gc.freeze()
 
 
 @dataclass

@@ -164,13 +164,21 @@ class _Job(QObject):
 
 
 def _retire() -> None:
-    """Let finished jobs go, breaking the job ↔ worker cycle so that reference counting frees them
-    here, on the GUI thread. Left to Python's cycle collector, a QObject is freed in whichever
-    thread happens to run it — a worker's, in the middle of a training step — and Qt objects must
-    not be deleted from another thread (a running QTimer freed that way crashes the event loop)."""
+    """Delete finished jobs' Qt objects here, on the GUI thread, and break the job ↔ worker cycle.
+
+    Left to Python's cycle collector, a QObject is freed in whichever thread happens to run it — a
+    worker's, in the middle of a training step — and Qt objects must not be deleted from another
+    thread (a running QTimer freed that way crashes the event loop). Breaking the cycle lets
+    reference counting free the wrappers here; deleting the C++ objects explicitly covers a wrapper
+    something else keeps in a cycle (a failed run's traceback holds ``work``'s frame, and with it
+    the worker): freeing a wrapper whose C++ object is gone is harmless in any thread.
+    """
     while _RETIRED:
         job = _RETIRED.pop()
-        job.worker = None
+        worker, job.worker = job.worker, None
+        for obj in (worker, job):
+            if obj is not None and shiboken6.isValid(obj):
+                shiboken6.delete(obj)
 
 
 def start(

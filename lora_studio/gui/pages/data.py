@@ -299,6 +299,7 @@ class DataPage(Page):
         if error is None:
             return None
         dialog = self.views.RecordDialog(error, jobs.record_context(error), self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)  # one per click: not kept for good
         dialog.open()
         return dialog
 
