@@ -69,10 +69,10 @@ def train_reference(
 
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            clock["start"] = time.perf_counter()
+            clock["start"], clock["cpu_start"] = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
-            clock["end"] = time.perf_counter()
+            clock["end"], clock["cpu_end"] = time.perf_counter(), time.process_time()
 
     args = TrainingArguments(
         output_dir=str(model_dir) + "-ref-out",
@@ -100,4 +100,8 @@ def train_reference(
     # The stock length-grouped sampler orders batches from the global generator, the engine's from
     # (seed, epoch) so that resumed runs see the same batches: same data, other batches, so each
     # run's own non-padding tokens are counted.
-    return {"seconds": clock["end"] - clock["start"], "tokens": counted["tokens"]}
+    return {
+        "seconds": clock["end"] - clock["start"],
+        "cpu_seconds": clock["cpu_end"] - clock["cpu_start"],  # every thread of the process
+        "tokens": counted["tokens"],
+    }

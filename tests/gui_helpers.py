@@ -128,7 +128,7 @@ def free_qt_garbage() -> None:
     pytest-qt closes a test's windows with ``deleteLater``, which waits for an event loop, and a
     test's windows, pages and standalone ``RunController``s sit in reference cycles. Left over, the
     next test's first worker that allocates runs the cycle collector and deletes those Qt objects
-    from its own thread — a crash (twice in CI, in the worker loading a model).
+    from its own thread — a crash (seen twice in full runs of the suite, in a worker starting a run).
     """
     if "PySide6.QtWidgets" not in sys.modules:
         return
