@@ -116,7 +116,7 @@ def _sample() -> dict[str, float]:
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # so RSS counts live memory, not per-thread caches
     process = psutil.Process()
     return {
-        "python_threads": threading.active_count(),
+        "python_threads": len(_thread_names()),  # not active_count(): its Dummy entries drift
         "os_threads": process.num_threads(),
         "fds": process.num_fds(),
         "rss_mb": process.memory_info().rss / 2**20,
