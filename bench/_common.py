@@ -48,6 +48,15 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile by the nearest-rank method (no interpolation: a value that was measured)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 1))))
+    return ordered[rank - 1]
+
+
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     print(f"\n{title}")
     if not rows:

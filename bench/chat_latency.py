@@ -38,11 +38,11 @@ def main() -> None:
     def plain_run() -> None:
         # the same generate call as ChatModel's, less the streamer and the stop check, and in a
         # thread of its own as ChatModel's generation runs (see on_main_thread below)
-        worker = threading.Thread(target=plain_generate)
+        worker = threading.Thread(target=plain_generate, args=(plain_times, plain_counts))
         worker.start()
         worker.join()
 
-    def plain_generate() -> None:
+    def plain_generate(times: list[float], counts: list[int]) -> None:
         start = time.perf_counter()
         with torch.no_grad():
             out = chat.model.generate(
@@ -55,8 +55,8 @@ def main() -> None:
                 pad_token_id=chat.tokenizer.pad_token_id,
                 use_cache=True,
             )
-        plain_times.append(time.perf_counter() - start)
-        plain_counts.append(out.shape[1] - len(ids))
+        times.append(time.perf_counter() - start)
+        counts.append(out.shape[1] - len(ids))
 
     def streamed_run() -> None:
         start = time.perf_counter()
@@ -76,12 +76,10 @@ def main() -> None:
     # measured anywhere from 0.93x to 1.2x the main thread's time here (torch's OpenMP backend on a
     # shared 2-core machine); every generation in the app runs in a worker thread (the GUI's chat
     # worker, ChatModel's generation thread), so the target compares like with like.
-    in_thread = list(plain_times)
-    plain_times.clear()
+    main_times: list[float] = []
     for _ in range(2 if args.quick else 4):
-        plain_generate()
-    on_main_thread = median(plain_times)
-    plain_times[:] = in_thread
+        plain_generate(main_times, [])
+    on_main_thread = median(main_times)
     plain, streamed = median(plain_times), median(stream_times)
     rows = [
         {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import median, print_table, write_results
+from _common import median, percentile, print_table, write_results
 
 MODELS = ["SmolLM2-135M", "Llama-3.2-3B", "Llama-3.1-8B", "Qwen2.5-14B", "gemma-2-9b", "Phi-3.5-mini"]
 TARGET_S = 0.050
@@ -65,12 +65,6 @@ def time_model(name: str, calls: int) -> dict[str, float | str | int]:
         "CPU ms (max)": 1000 * max(cpu),
         "estimate / validate": median(estimate) / median(validate),
     }
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The nearest-rank percentile (no interpolation: a value that was measured)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import WORK, identity_like_data, print_table, tiny_model_dir, write_results
+from _common import WORK, identity_like_data, percentile, print_table, tiny_model_dir, write_results
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("LORA_STUDIO_SETTINGS", str(WORK / "settings.ini"))
@@ -67,15 +67,6 @@ class GapMeter:
     def stop(self) -> list[float]:
         self.timer.stop()
         return self.gaps
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-quantile by the nearest-rank method (no interpolation: a real observed gap)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 1))))
-    return ordered[rank - 1]
 
 
 def summary(label: str, gaps: list[float], seconds: float) -> dict[str, Any]:
