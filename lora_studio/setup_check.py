@@ -1,7 +1,9 @@
 """Run at the end of `make` set-up: say which torch build was installed and whether it can use the GPU.
 
 A machine with an NVIDIA driver but a CPU-only torch trains 10-100x slower without any error, so
-this is said loudly, with the command that fixes it.
+this is said loudly, with the command that fixes it. It also says when the window will not open
+here (system libraries Qt's X11 plugin needs are missing, or there is no display), with the
+packages to install: a warning only, since the command line works without a window.
 """
 
 from __future__ import annotations
@@ -31,7 +33,20 @@ def main() -> int:
         )
     else:
         print(f"set-up: torch {torch.__version__}, no NVIDIA GPU found: training runs on the CPU")
+    display_warning()
     return 0
+
+
+def display_warning() -> None:
+    """Print the GUI's start-up line when the window could not open here; never fails the set-up."""
+    try:
+        from lora_studio.core.display_check import check_display
+
+        found = check_display()
+    except Exception:  # the check is advice; the install itself succeeded
+        return
+    if not found.ok:
+        print(f"set-up: WARNING: {found.message}")
 
 
 if __name__ == "__main__":

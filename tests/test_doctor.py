@@ -42,3 +42,42 @@ def test_gpu_driver_without_cuda_torch_is_a_problem_with_the_fix(monkeypatch):
     monkeypatch.setattr(doctor, "_nvidia_driver", lambda: "550.54")
     [check] = doctor._torch()
     assert check.status == doctor.PROBLEM and "cu1" in check.fix
+
+
+def test_the_cpu_nf4_line_says_what_the_optional_kernels_package_would_add(monkeypatch):
+    """bitsandbytes warns about `kernels` at import (the app drops that): doctor answers the question,
+    in the nf4 line's detail and never as a warning."""
+    import importlib.util
+
+    import torch
+
+    from lora_studio.core.models import import_bitsandbytes
+
+    import_bitsandbytes()
+    import bitsandbytes.functional as bnb_functional
+
+    real_find_spec = importlib.util.find_spec
+
+    def kernels_installed(installed: bool) -> None:
+        def find_spec(name: str, *args):
+            if name == "kernels":
+                return object() if installed else None
+            return real_find_spec(name, *args)
+
+        monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+    monkeypatch.setattr(bnb_functional, "has_avx512bf16", lambda: True)
+    kernels_installed(False)
+    note = doctor._cpu_4bit_kernel()
+    assert "optional `kernels` package" in note and "Hugging Face Hub" in note and "not needed" in note
+    kernels_installed(True)
+    assert "`kernels` is installed" in doctor._cpu_4bit_kernel()
+    monkeypatch.setattr(bnb_functional, "has_avx512bf16", lambda: False)
+    assert doctor._cpu_4bit_kernel().startswith("; no AVX512-BF16")
+    monkeypatch.undo()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    by_name = {c.name: c for c in doctor._bitsandbytes()}
+    nf4 = by_name["bitsandbytes nf4"]
+    assert nf4.status == doctor.OK and "`kernels`" in nf4.detail, nf4
+    assert "kernels" not in by_name["bitsandbytes int8"].detail

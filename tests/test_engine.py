@@ -266,7 +266,14 @@ def test_4bit_training_is_unchanged_by_generating_first(tiny_model_dir, chat_fil
 
 def test_ctrl_c_cancels_the_cli_cleanly(tiny_model_dir, chat_file, tmp_path):
     runs = tmp_path / "runs"
-    env = dict(os.environ, LORA_STUDIO_RUNS_DIR=str(runs), PYTHONUNBUFFERED="1")
+    # the run holds after step 2's event until the Ctrl-C below stops it: it stops at step 2 exactly,
+    # however many steps a fast machine would otherwise train before the signal arrives
+    env = dict(
+        os.environ,
+        LORA_STUDIO_RUNS_DIR=str(runs),
+        PYTHONUNBUFFERED="1",
+        LORA_STUDIO_FAULTS="step_pause@2:600",
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -307,6 +314,7 @@ def test_ctrl_c_cancels_the_cli_cleanly(tiny_model_dir, chat_file, tmp_path):
     assert proc.returncode == 130
     finished = [e for e in events if e["event"] == "finished"]
     assert finished and finished[0]["status"] == "cancelled"
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2]
     run = list_runs(runs)[0]
     assert run.status()["state"] == "cancelled"
     assert (run.adapter_dir / "adapter_model.safetensors").is_file()

@@ -156,10 +156,11 @@ def test_twenty_runs_in_one_window_leave_no_threads_files_or_memory_behind(
     try:
         for number in range(1, RUNS + 1):
             want = ("completed", "cancelled", "failed")[number % 3]
-            monkeypatch.setenv("LORA_STUDIO_FAULTS", "error@2" if want == "failed" else "")
+            # a stopped run holds after its first step until the stop asked on that step's event
+            # arrives, however late a loaded GUI sees it (and is long besides); the others are 3 steps
+            faults = {"failed": "error@2", "cancelled": "step_pause@1:600"}.get(want, "")
+            monkeypatch.setenv("LORA_STUDIO_FAULTS", faults)
             stop_on_step["armed"] = want == "cancelled"
-            # a stopped run is long, so the stop asked on its first step's event lands mid-run
-            # however late a loaded GUI sees that event; the others are 3 steps
             assert window.state.set_value("training.max_steps", 300 if want == "cancelled" else 3)
             with qtbot.waitSignal(window.runs.ended, timeout=180_000) as ended:
                 assert page.start()

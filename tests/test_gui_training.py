@@ -38,8 +38,11 @@ class EventLog:
 
 
 def test_a_tiny_run_from_the_train_page_completes_with_live_plots_and_a_responsive_gui(
-    qtbot, tiny_model_dir, chat_file, tmp_path
+    qtbot, tiny_model_dir, chat_file, tmp_path, monkeypatch
 ):
+    # a half-second hold after step 3: the meter sees more than 10 ticks even where the 6 steps
+    # take a few milliseconds
+    monkeypatch.setenv("LORA_STUDIO_FAULTS", "step_pause@3:0.5")
     config = tiny_config(
         tiny_model_dir, chat_file, tmp_path / "runs", max_steps=6, save_steps=3, eval_steps=3
     )
@@ -83,7 +86,10 @@ def test_a_tiny_run_from_the_train_page_completes_with_live_plots_and_a_responsi
         close_window(window)
 
 
-def test_stop_mid_run_leaves_a_cancelled_run_with_an_adapter(qtbot, tiny_model_dir, chat_file, tmp_path):
+def test_stop_mid_run_leaves_a_cancelled_run_with_an_adapter(
+    qtbot, tiny_model_dir, chat_file, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("LORA_STUDIO_FAULTS", "step_pause@2:600")  # held until the stop asked on step 2
     config = tiny_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=500, save_steps=400)
     window = make_window(qtbot, config)
     log = EventLog(window)
@@ -95,7 +101,7 @@ def test_stop_mid_run_leaves_a_cancelled_run_with_an_adapter(qtbot, tiny_model_d
             assert window.pages["train"].start()
         assert ended.args == ["cancelled"]
         finished = log.of(ev.Finished)[0]
-        assert finished.status == "cancelled" and finished.step < 500
+        assert finished.status == "cancelled" and finished.step == 2
         assert Path(finished.adapter_path, "adapter_model.safetensors").is_file()
         assert RunFolder.open(finished.run_dir).status()["state"] == "cancelled"
         assert window.run_label.text().startswith("Stopped")
@@ -103,8 +109,10 @@ def test_stop_mid_run_leaves_a_cancelled_run_with_an_adapter(qtbot, tiny_model_d
         close_window(window)
 
 
-def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_path):
-    # 30 steps: the pause asked on step 2's event lands mid-run however late a loaded GUI sees it
+def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_path, monkeypatch):
+    # the run holds after step 2 until the pause asked on its event arrives, however late a loaded
+    # GUI sees it; the pause then takes hold at the end of step 3
+    monkeypatch.setenv("LORA_STUDIO_FAULTS", "step_pause@2:600")
     config = tiny_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=30, save_steps=100)
     window = make_window(qtbot, config)
     page = window.pages["train"]
@@ -120,6 +128,7 @@ def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_p
         ):
             assert page.start()
         held_at = log.of(ev.Paused)[0].step
+        assert held_at == 3
         assert window.state.run_state == "paused"
         assert window.run_label.text().startswith("Paused")
         assert page.pause_button.text() == "Resume"
@@ -163,8 +172,9 @@ def test_a_failing_run_shows_one_clear_message_and_leaves_the_app_usable(qtbot, 
 
 
 def test_closing_the_window_during_a_run_asks_then_stops_and_waits_for_the_adapter(
-    qtbot, tiny_model_dir, chat_file, tmp_path
+    qtbot, tiny_model_dir, chat_file, tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("LORA_STUDIO_FAULTS", "step_pause@1:600")  # still running when "no" is answered
     config = tiny_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=500, save_steps=400)
     window = make_window(qtbot, config)
     log = EventLog(window)

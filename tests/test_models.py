@@ -160,24 +160,41 @@ def test_gguf_file_conversion_is_atomic_and_cached(tmp_path, monkeypatch):
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+#: The child holds the conversion once all its files are written, before its marker and rename: a
+#: kill there is the last moment a non-atomic conversion could leave a folder that looks complete.
+#: Waiting for "converted" instead of a fixed number of seconds keeps a fast machine from finishing
+#: the conversion before the kill.
+CONVERT_THEN_HOLD = """
+import time
+from lora_studio.core import models
+
+convert = models._convert_gguf
+
+def convert_then_hold(gguf_path, out):
+    convert(gguf_path, out)
+    print("converted", flush=True)
+    time.sleep(600)
+
+models._convert_gguf = convert_then_hold
+models.resolve_model("default")
+"""
+
+
 @pytest.mark.slow
 def test_killed_conversion_leaves_no_valid_looking_folder(tmp_path):
-    """Kill the conversion half-way: the next run must not mistake the leftovers for a model."""
+    """Kill the conversion with every file written but not yet moved into place: the next run must
+    not mistake the leftovers for a model."""
     env = dict(os.environ, LORA_STUDIO_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from lora_studio.core.models import resolve_model; resolve_model('default')"],
-        env=env,
-    )
+    proc = subprocess.Popen([sys.executable, "-c", CONVERT_THEN_HOLD], env=env, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"converted\n"  # the child holds from here on
+    finally:
+        proc.kill()
+        proc.wait()
     models = tmp_path / "cache" / "models"
-    import time
-
-    deadline = time.time() + 120
-    while time.time() < deadline and not (models.exists() and any(models.iterdir())):
-        time.sleep(0.2)
-    time.sleep(3)
-    proc.kill()
-    proc.wait()
-    final = [p for p in models.iterdir() if not p.name.startswith(".")] if models.exists() else []
+    work = [p for p in models.iterdir() if p.name.startswith(".")]
+    assert any((p / "model.safetensors").is_file() for p in work)  # killed late: the weights were written
+    final = [p for p in models.iterdir() if not p.name.startswith(".")]
     assert final == []
 
 

@@ -30,12 +30,15 @@ RANDOM_KILLS = 12
 tiny_adapter = test_gui_chat_export.tiny_adapter  # the fixture: a random tiny LoRA adapter
 
 SAVE = """
-import sys
+import os, sys
 from lora_studio.core.config import RunConfig
 configs = [RunConfig.from_dict({"training": {"learning_rate": rate}}) for rate in (1e-4, 2e-4)]
+done = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT) if len(sys.argv) > 3 else None
 print("ready", flush=True)
 for i in range(int(sys.argv[2])):
     configs[i % 2].save(sys.argv[1])
+    if done is not None:  # how many saves are complete, for the test to pick its moment
+        os.pwrite(done, b"%12d" % (i + 1), 0)
 """
 
 
@@ -87,16 +90,24 @@ def test_a_config_save_killed_before_its_rename_leaves_the_old_file_or_none(old,
     assert dest.read_text() == new_text
 
 
+def saves_done(counter: Path) -> int:
+    text = counter.read_bytes().strip() if counter.exists() else b""
+    return int(text) if text.isdigit() else 0
+
+
 def test_config_saves_killed_at_random_moments_are_always_whole(tmp_path):
     dest = tmp_path / "run.toml"
     whole = {RunConfig.from_dict({"training": {"learning_rate": r}}).to_toml() for r in (1e-4, 2e-4)}
     rng = random.Random(20261129)
     seen = set()
-    for _ in range(RANDOM_KILLS):
-        proc = run_python(SAVE, str(dest), "100000")
-        wait_until(lambda proc=proc: proc.stdout.readline() == b"ready\n", proc)
-        time.sleep(rng.uniform(0.05, 0.3))  # hundreds of saves a second: the kill lands mid-save
-        assert proc.poll() is None
+    for number in range(RANDOM_KILLS):
+        counter = tmp_path / f"saves-{number}"
+        proc = run_python(SAVE, str(dest), "100000", str(counter))
+        # the moment is counted in saves, not seconds (a slow disk may take longer than a guessed
+        # sleep for the first one): once the seeded number is complete, the kill lands somewhere in
+        # one of the saves that follow, with 100000 still to go
+        target = rng.randint(1, 60)
+        wait_until(lambda counter=counter, target=target: saves_done(counter) >= target, proc)
         kill(proc)
         text = dest.read_text()
         assert text in whole, f"a torn config:\n{text}"

@@ -1,11 +1,17 @@
 """``lora-studio gui`` (also what plain ``lora-studio`` runs): open the desktop app.
 
 Qt is imported only when the command runs, so ``lora-studio train`` and ``--help`` never load it.
+Before that, ``core.display_check`` makes sure Qt's platform plugin can load: where it cannot
+(a display-less session, or system libraries missing on a minimal Linux desktop) Qt would abort
+the process with SIGABRT and a misleading message, so the command prints one line with the fix and
+exits 1 instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 STARTUP_HELP = (
     "print how long the window took to appear (from process start to its first paint), then keep running"
@@ -36,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    problem = display_problem()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
     from lora_studio.gui.app import main
 
     return main(
@@ -44,3 +54,17 @@ def run(args: argparse.Namespace) -> int:
         startup_check=getattr(args, "startup_check", False),
         print_startup_time=getattr(args, "print_startup_time", False),
     )
+
+
+def display_problem() -> str | None:
+    """The one line saying why Qt could not open a window here, or None when it can (or may).
+
+    Runs before PySide6 is imported. ``LORA_STUDIO_NO_DISPLAY_CHECK=1`` skips it (a false alarm
+    must never lock anyone out); ``QT_QPA_PLATFORM=offscreen`` (tests) needs nothing checked.
+    """
+    from lora_studio.core.display_check import SKIP_ENV, check_display
+
+    if os.environ.get(SKIP_ENV, "") not in ("", "0"):
+        return None
+    found = check_display()
+    return None if found.ok else found.message

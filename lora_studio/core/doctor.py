@@ -35,7 +35,17 @@ class Check:
 def run_checks(progress: Callable[[Check], None] | None = None) -> list[Check]:
     """All checks in order; a check that crashes is itself reported, never raised."""
     results = []
-    for check in (_python, _torch, _gpus, _bf16, _bitsandbytes, _libraries, _disk, _default_model):
+    for check in (
+        _python,
+        _torch,
+        _gpus,
+        _bf16,
+        _bitsandbytes,
+        _libraries,
+        _display,
+        _disk,
+        _default_model,
+    ):
         try:
             found = check()
         except Exception as exc:  # a broken install must still produce a report
@@ -185,11 +195,14 @@ def _bitsandbytes() -> list[Check]:
             out = layer(x).float()
             error = (out - reference.float()).abs().mean() / reference.float().abs().mean()
             status = OK if error < 0.2 else PROBLEM
+            detail = f"{bnb.__version__}: quantize + matmul on {device}, relative error {error:.3f}"
+            if kind == "nf4" and device == "cpu":
+                detail += _cpu_4bit_kernel()
             results.append(
                 Check(
                     f"bitsandbytes {kind}",
                     status,
-                    f"{bnb.__version__}: quantize + matmul on {device}, relative error {error:.3f}",
+                    detail,
                     "" if status == OK else "results are wrong: update bitsandbytes",
                 )
             )
@@ -203,6 +216,41 @@ def _bitsandbytes() -> list[Check]:
                 )
             )
     return results
+
+
+def _cpu_4bit_kernel() -> str:
+    """What 4-bit inference runs on this CPU, and what the optional ``kernels`` package would add.
+
+    bitsandbytes asks ``kernels`` at every import (and logs a warning the app drops when it is
+    missing), so users ask whether to install it. It only matters on a CPU with AVX512-BF16, for
+    4-bit inference (chat, samples, evaluation; training never takes that path): it downloads a
+    torch-linked build of bitsandbytes' own fused 4-bit matmul from the Hugging Face Hub at each
+    start, whose brgemm path is faster on many-token inputs (prompts). Not needed, so not a warning.
+    """
+    import importlib.util
+
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+
+        fused = bool(has_avx512bf16())
+    except Exception:  # an older bitsandbytes: nothing to say
+        return ""
+    if not fused:
+        return (
+            "; no AVX512-BF16, so 4-bit inference dequantizes each layer; the optional `kernels` "
+            "package would not change that"
+        )
+    if importlib.util.find_spec("kernels") is not None:
+        return (
+            "; AVX512-BF16 fused 4-bit kernel; `kernels` is installed, so bitsandbytes downloads its "
+            "build of that kernel from the Hugging Face Hub at each start (its own when that fails: "
+            "offline, or a CUDA build of torch)"
+        )
+    return (
+        "; AVX512-BF16 fused 4-bit kernel for chat and evaluation. The optional `kernels` package "
+        "(PyPI) would download a torch-linked build of it from the Hugging Face Hub at each start, "
+        "faster on long prompts; not needed, training is unaffected"
+    )
 
 
 def _libraries() -> list[Check]:
@@ -219,6 +267,19 @@ def _libraries() -> list[Check]:
                 )
             ]
     return [Check("libraries", OK, ", ".join(found))]
+
+
+def _display() -> list[Check]:
+    """Whether the window can open here; a warning, never a problem: the command line trains without it."""
+    from lora_studio.core.display_check import NO_DISPLAY, check_display
+
+    found = check_display()
+    if found.ok:
+        return [Check("display", OK, found.detail)]
+    if found.problem == NO_DISPLAY:
+        return [Check("display", WARNING, f"{found.detail}: the window cannot open here", found.fix)]
+    detail = f"{found.detail}: the window cannot open (the command line works)"
+    return [Check("display", WARNING, detail, found.fix)]
 
 
 def _disk() -> list[Check]:

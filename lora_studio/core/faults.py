@@ -9,14 +9,22 @@ written, counting from 1) and ``low_disk`` (free space reported as a tenth of wh
 needs). Chat understands ``generate_error@N`` (the N-th answer of one loaded model fails inside
 ``generate``). ``write_pause@N:S`` holds the N-th file or folder written by this process (``@0``:
 every one) for S seconds after its content is on disk and before it is renamed into place — the
-moment a kill tests that saves are atomic. Unset in normal use, where every check is one dict lookup.
+moment a kill tests that saves are atomic. ``step_pause@N:S`` holds the run for S seconds once step
+N's metrics line is on disk and its event sent, ending early when the run is asked to stop or pause,
+so a test can kill, stop or pause it at exactly that step however fast the machine trains.
+
+Every pause first prints one ``LORA_STUDIO_FAULTS: <kind> holding …`` line to stderr (flushed): a
+test waits for that line, not for a guessed number of seconds, before it acts. Unset in normal use,
+where every check is one dict lookup.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 KINDS = (
@@ -31,7 +39,11 @@ KINDS = (
     "low_disk",
     "generate_error",
     "write_pause",
+    "step_pause",
 )
+
+#: The start of the line every pause prints to stderr before it holds.
+HOLDING = "LORA_STUDIO_FAULTS: "
 
 _writes = itertools.count(1)  # files and folders renamed into place by this process
 
@@ -60,6 +72,21 @@ def due(faults: dict[str, Fault], kind: str, step: int) -> Fault | None:
     return fault if fault is not None and fault.step == step else None
 
 
+def hold(fault: Fault, where: str, until: Callable[[], bool] | None = None) -> None:
+    """Announce on stderr that ``fault`` holds the process ``where``, then sleep ``fault.seconds``.
+
+    The announcement is what makes a pause usable without timing: the test sees the line and knows
+    the process sits at this exact point until the time is up (or until ``until()`` turns true,
+    checked every 50 ms — how a stop or pause asked during the hold still takes effect at once).
+    """
+    print(f"{HOLDING}{fault.kind} holding {where} for {fault.seconds:g} s", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + fault.seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if until is not None and until():
+            return
+        time.sleep(min(left, 0.05))
+
+
 def pause_before_rename() -> None:
     """Called by every atomic writer between "content written" and "renamed into place".
 
@@ -73,4 +100,4 @@ def pause_before_rename() -> None:
         return
     number = next(_writes)
     if fault.step in (0, number):
-        time.sleep(fault.seconds)
+        hold(fault, f"write {number} before its rename")

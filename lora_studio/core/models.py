@@ -553,10 +553,44 @@ class FourBitLayout:
 
 def import_bitsandbytes() -> Any:
     """Import bitsandbytes without its start-up noise (e.g. missing CPU kernel messages)."""
+    silence_kernels_notice()
     with quiet_libraries():
         import bitsandbytes
 
     return bitsandbytes
+
+
+#: On a CPU with AVX512-BF16, importing bitsandbytes (0.50; peft and transformers import it too)
+#: asks the optional ``kernels`` package to download a torch-linked build of its fused 4-bit CPU
+#: matmul from the Hugging Face Hub, and logs this warning — at every start — when that fails: not
+#: installed, offline, or a CUDA build of torch (bitsandbytes issue #2064). bitsandbytes then uses
+#: its own build of the kernel, so there is nothing for a user to do; ``doctor`` says what
+#: ``kernels`` would add.
+KERNELS_NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+_KERNELS_LOGGER = "bitsandbytes.backends.cpu.ops"
+
+
+class _DropKernelsNotice(logging.Filter):
+    """Drops that one warning; everything else bitsandbytes logs still gets through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(KERNELS_NOTICE)
+
+
+_DROP_KERNELS_NOTICE = _DropKernelsNotice()
+
+
+def silence_kernels_notice() -> None:
+    """Drop bitsandbytes' kernels-community warning; call before anything can import bitsandbytes.
+
+    The filter goes on the logger that emits the warning — a logger's own filters see only the
+    records logged through it — which ``getLogger`` creates now if bitsandbytes is not imported yet
+    and hands to bitsandbytes later. Cheap (imports nothing) and idempotent.
+    """
+    logging.getLogger(_KERNELS_LOGGER).addFilter(_DROP_KERNELS_NOTICE)
+
+
+silence_kernels_notice()  # the CLI and the GUI import this module before any library
 
 
 _QUIETED = False

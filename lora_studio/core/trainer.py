@@ -25,7 +25,7 @@ from lora_studio.core import events as ev
 from lora_studio.core.data import make_collator
 from lora_studio.core.distributed import any_rank, sum_ranks
 from lora_studio.core.errors import TrainingError
-from lora_studio.core.faults import due
+from lora_studio.core.faults import due, hold
 from lora_studio.core.monitor import MemorySampler
 from lora_studio.core.runs import replace_dir
 
@@ -228,7 +228,7 @@ class _StudioTrainer(Trainer):
                 raise OSError(28, "No space left on device (injected fault)")
             super()._save_checkpoint(model, trial)
             if fault:
-                time.sleep(fault.seconds)  # a test kills the process here, mid-write
+                hold(fault, f"inside the write of checkpoint {step}")  # a test kills it here, mid-write
         finally:
             self.args.output_dir = final_root
         name = f"checkpoint-{step}"
@@ -355,6 +355,13 @@ class _EngineCallback(TrainerCallback):
                 mem=mem,
             )
         )
+        fault = due(run.faults, "step_pause", state.global_step)
+        if fault:  # a test kills, stops or pauses the run here: at this step, however fast it trains
+            hold(
+                fault,
+                f"after step {state.global_step}",
+                until=lambda: run.cancel.is_set() or run.pause.is_set(),
+            )
         if run.cancel.is_set() and not run.world.distributed:  # stop before the next step starts
             control.should_training_stop = True
             control.should_save = True

@@ -432,6 +432,9 @@ def main(
 
     started = time.perf_counter()
     app = create_app()
+    from lora_studio.gui import widget_map
+
+    widget_map.start_if_requested(app)  # tests that drive the real window from outside
     workers.hold_background()
     window = MainWindow()
     if config_path:

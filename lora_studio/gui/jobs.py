@@ -30,6 +30,9 @@ def ensure_libraries() -> None:
     see a half-initialised module ("cannot import name 'AutoConfig'"). Every job calls this first.
     """
     global _frozen
+    from lora_studio.core.models import silence_kernels_notice
+
+    silence_kernels_notice()  # peft imports bitsandbytes below, which may warn about `kernels`
     with _IMPORT_LOCK:
         import torch  # noqa: F401
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401

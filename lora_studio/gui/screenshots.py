@@ -6,6 +6,11 @@ RUN_DIR`` shows an existing run), loads that run into the Train page, selects th
 on the Runs page, waits until every background task has answered, and saves ``<page>.png`` for each
 page at 1400×900. Settings and new runs go to a
 temporary folder, so the user's own are never touched.
+
+The pictures are of real windows: the app runs on a virtual X server (Xvfb + openbox, started here)
+and each picture is read from the server's framebuffer — what a screen shows — not rendered with
+``grab()``, which draws widgets into an image and never shows what reaches a screen. Without
+Xvfb it says so and falls back to offscreen rendering (``--offscreen`` asks for that).
 """
 
 from __future__ import annotations
@@ -19,6 +24,25 @@ import time
 from pathlib import Path
 
 SIZE = (1400, 900)
+#: The virtual display the pictures are taken from (None: offscreen rendering).
+_display: object | None = None
+
+
+def capture(app: object, window: object, path: Path) -> Path:
+    """Save what ``window`` shows on screen (its client area) as PNG."""
+    for _ in range(10):
+        app.processEvents()  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    if _display is None:
+        window.grab().save(str(path))  # type: ignore[attr-defined]
+        return path
+    from PySide6.QtCore import QPoint
+
+    from lora_studio.gui import xserver
+
+    corner = window.mapToGlobal(QPoint(0, 0))  # type: ignore[attr-defined]
+    rect = (corner.x(), corner.y(), window.width(), window.height())  # type: ignore[attr-defined]
+    return xserver.write_png(path, xserver.crop(_display.screenshot(), rect))  # type: ignore[attr-defined]
 
 
 def tiny_model(out: Path) -> Path:
@@ -93,8 +117,7 @@ def chat_prompt_set(app: object, window: object, outdir: Path) -> Path:
     chat.run_prompt_set()
     wait_idle(app, window, timeout_s=1800)
     outdir.mkdir(parents=True, exist_ok=True)
-    path = outdir / "chat-prompt-set.png"
-    window.grab().save(str(path))  # type: ignore[attr-defined]
+    path = capture(app, window, outdir / "chat-prompt-set.png")
     chat.tabs.setCurrentIndex(0)
     return path
 
@@ -150,12 +173,7 @@ def render(
     written = list(extra)
     for key in window.pages:
         window.show_page(key)
-        for _ in range(5):
-            app.processEvents()
-            time.sleep(0.05)
-        path = outdir / f"{key}.png"
-        window.grab().save(str(path))
-        written.append(path)
+        written.append(capture(app, window, outdir / f"{key}.png"))
     window.save_settings = lambda: None  # type: ignore[method-assign]
     window.close()
     from lora_studio.gui import workers
@@ -182,9 +200,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RUN_DIR",
         help="run folders (in one runs folder) to select together on the Runs page",
     )
+    parser.add_argument(
+        "--offscreen", action="store_true", help="render with grab() instead of real windows (no Xvfb needed)"
+    )
     args = parser.parse_args(argv)
-    if "DISPLAY" not in os.environ and "WAYLAND_DISPLAY" not in os.environ:
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    global _display
+    from lora_studio.gui import xserver
+
+    if not args.offscreen and not xserver.missing_tools():
+        _display = xserver.VirtualDisplay()
+        _display.start()  # type: ignore[attr-defined]
+        os.environ.update(_display.env())  # type: ignore[attr-defined]
+        os.environ.pop("QT_QPA_PLATFORM", None)
+    else:
+        if not args.offscreen:
+            print(f"no real display ({xserver.install_line()}): rendering offscreen", file=sys.stderr)
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    os.environ["LORA_STUDIO_NO_FIRST_RUN"] = "1"
     work = Path(tempfile.mkdtemp(prefix="lora-studio-shots-"))
     os.environ["LORA_STUDIO_SETTINGS"] = str(work / "settings.ini")
     os.environ["LORA_STUDIO_RUNS_DIR"] = str(work / "runs")
@@ -203,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if _display is not None:
+            _display.stop()  # type: ignore[attr-defined]
     return 0
 
 
