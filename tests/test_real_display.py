@@ -155,13 +155,7 @@ def app(display, tiny_model_dir, tmp_path_factory):
     if SHOTS.exists():
         shutil.rmtree(SHOTS)
     yield running
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    xserver.stop_process(proc, timeout_s=60)
     print(f"\nreal-display screenshots: {SHOTS}")
 
 

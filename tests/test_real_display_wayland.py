@@ -83,8 +83,7 @@ def test_first_start_on_wayland_is_painted(tiny_model_dir, tmp_path):
             shutil.copy(path, SHOTS / "first-start.png")
             picture = read_png(path)
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            xserver.stop_process(proc, timeout_s=60)
     assert picture.shape[:2] == (900, 1400)
     assert xserver.unpainted_reasons(picture) == [], SHOTS / "first-start.png"
     luminance = picture.astype(np.int32) @ np.array([299, 587, 114]) // 1000

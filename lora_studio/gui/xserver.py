@@ -138,15 +138,21 @@ class VirtualDisplay:
 
     def stop(self) -> None:
         for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
         self._procs.clear()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    """Terminate ``proc`` if it still runs; kill it when it does not end within ``timeout_s``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _read_display_number(fd: int, server: subprocess.Popen[bytes], timeout_s: float) -> int:
@@ -317,11 +323,6 @@ class HeadlessWayland:
         return path
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            stop_process(self._proc)
         shutil.rmtree(self._dir, ignore_errors=True)
