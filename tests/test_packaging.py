@@ -114,7 +114,28 @@ def test_icons_render_from_the_svg_at_every_size(tmp_path, qapp):
         centre = image.pixelColor(size // 2, size // 2)
         assert centre.alpha() == 255
         committed = QImage(str(ROOT / "resources" / "icons" / "png" / f"lora-studio-{size}.png"))
-        assert committed == image, f"resources/icons/png is stale: run packaging/render_icons.py ({size} px)"
+        worst, mean = _difference(committed, image)
+        # Qt's raster engine picks SIMD paths by CPU, so antialiased edges may differ by a few levels
+        # between machines (CI's 16 px render once did); a changed SVG moves whole shapes and colours.
+        assert worst <= 24 and mean <= 1.0, (
+            f"resources/icons/png is stale: run packaging/render_icons.py ({size} px: "
+            f"largest channel difference {worst}, mean {mean:.2f})"
+        )
+
+
+def _difference(first, second) -> tuple[int, float]:
+    """Largest and mean absolute channel difference of two same-size images, in 0–255 levels."""
+    import numpy as np
+    from PySide6.QtGui import QImage
+
+    def channels(image):
+        image = image.convertToFormat(QImage.Format.Format_RGBA8888)
+        data = np.frombuffer(image.constBits(), dtype=np.uint8, count=image.sizeInBytes())
+        return data.reshape(image.height(), image.bytesPerLine())[:, : image.width() * 4].astype(int)
+
+    assert (first.width(), first.height()) == (second.width(), second.height())
+    delta = np.abs(channels(first) - channels(second))
+    return int(delta.max()), float(delta.mean())
 
 
 def test_a_bundle_finds_resources_and_the_default_model_in_its_own_folder(tmp_path):
