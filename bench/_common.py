@@ -49,12 +49,11 @@ def median(values: list[float]) -> float:
 
 
 def percentile(values: list[float], q: float) -> float:
-    """The q-quantile by the nearest-rank method (no interpolation: a value that was measured)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 1))))
-    return ordered[rank - 1]
+    """The q-quantile by the nearest-rank method (numpy's ``inverted_cdf``: no interpolation, so the
+    result is a value that was measured)."""
+    import numpy as np
+
+    return float(np.quantile(values, q, method="inverted_cdf")) if values else float("nan")
 
 
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:

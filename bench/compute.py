@@ -116,9 +116,9 @@ def long_documents() -> str:
 
 
 def engine(steps: int, *, chunked_loss: bool) -> float:
-    from lora_studio.core import events as ev
     from lora_studio.core.config import RunConfig
-    from lora_studio.core.engine import train
+    from lora_studio.core.train import events as ev
+    from lora_studio.core.train import train
 
     config = RunConfig.from_dict(
         {

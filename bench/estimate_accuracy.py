@@ -19,6 +19,7 @@ Run: ``.venv/bin/python bench/estimate_accuracy.py`` (a few minutes on a 2-core 
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from _common import WORK, default_model_dir, print_table, write_results
+
+from lora_studio.core.config import default
 
 GIB = 2**30
 #: Precise mode simulates 1 and 2 decoder layers here (the default, 2 and 4, doubles the time).
@@ -51,14 +54,20 @@ EXTRA = [
     ("SmolLM2-135M", {"quantization": "int8", "batch_size": 2, "seq_len": 256}),
     ("SmolLM2-135M", {"use_dora": True, "batch_size": 2, "seq_len": 256}),
     ("SmolLM2-135M", {"chunked_loss": False, "batch_size": 4, "seq_len": 512}),
-    ("SmolLM2-135M", {"optimizer": "paged_adamw_8bit", "lean_kbit_prep": False, "quantization": "nf4"}),
+    (
+        "SmolLM2-135M",
+        {"optimizer": "paged_adamw_8bit", "lean_kbit_prep": False, "quantization": "nf4", "batch_size": 1},
+    ),
 ]
 
 
 def short(settings: dict[str, Any]) -> str:
     """A compact label: 'nf4+dq b2×1024 gc'."""
     parts = [settings.get("quantization", "none") + ("+dq" if settings.get("double_quant") else "")]
-    parts.append(f"b{settings.get('batch_size', 1)}×{settings.get('seq_len', 512)}")
+    parts.append(
+        f"b{settings.get('batch_size', default('training.batch_size'))}"
+        f"×{settings.get('seq_len', default('data.max_seq_len'))}"
+    )
     if settings.get("gradient_checkpointing"):
         parts.append("gc")
     if settings.get("use_dora"):
@@ -77,8 +86,7 @@ def short(settings: dict[str, Any]) -> str:
 
 def precise_row(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     """One catalog model in precise mode (runs in a worker process)."""
-    from lora_studio.core.estimate import EstimateRequest
-    from lora_studio.core.estimate_precise import estimate_precise
+    from lora_studio.core.estimate import EstimateRequest, estimate_precise
 
     start = time.perf_counter()
     precise = estimate_precise(EstimateRequest(f"catalog:{name}", **settings), layers=PRECISE_LAYERS)
@@ -95,7 +103,7 @@ def precise_row(name: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def precise_cases() -> list[tuple[str, dict[str, Any]]]:
-    from lora_studio.core.catalog import load_model_catalog
+    from lora_studio.core.estimate import load_model_catalog
 
     cases: list[tuple[str, dict[str, Any]]] = []
     seen: set[str] = set()
@@ -149,7 +157,7 @@ VOCAB = 2048
 
 def reduced_config(name: str, layers: int) -> Path:
     """The catalog model's config with fewer layers and a small vocabulary, as a config.json."""
-    from lora_studio.core.catalog import find_catalog_model
+    from lora_studio.core.estimate import find_catalog_model
 
     fields = dict(find_catalog_model(name).config)
     fields.update(num_hidden_layers=layers, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -166,8 +174,8 @@ def build_model(folder: Path, dtype: str, settings: dict[str, Any]) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from lora_studio.core.config import RunConfig
-    from lora_studio.core.engine import wrap_with_lora
     from lora_studio.core.models import load_model, quiet_libraries
+    from lora_studio.core.train import wrap_with_lora
     from lora_studio.tiny_models import TOKENIZER_FILES
 
     quant = settings.get("quantization", "none")
@@ -209,7 +217,7 @@ def saved_tensor_bytes(model: Any, batch: int, seq: int) -> int:
     """
     import torch
 
-    from lora_studio.core.estimate_fakes import cuda_kernels
+    from lora_studio.core.estimate.fakes import cuda_kernels
 
     weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     entries: list[tuple[Any, int, int]] = []
@@ -272,8 +280,8 @@ def compare_gpu() -> list[dict[str, Any]] | None:
     from _common import identity_like_data
 
     from lora_studio.core.config import RunConfig
-    from lora_studio.core.engine import train
     from lora_studio.core.estimate import EstimateRequest, estimate_memory
+    from lora_studio.core.train import train
 
     rows = []
     for settings in ({"quantization": "none"}, {"quantization": "nf4", "gradient_checkpointing": True}):
@@ -327,9 +335,13 @@ def main(argv: list[str]) -> int:
     from lora_studio.core.models import quiet_library_defaults
 
     quiet_library_defaults()
-    only = argv[argv.index("--only") + 1] if "--only" in argv else None
-    if "--cuda" in argv:  # the GPU comparison alone (bench/gpu_check.sh)
-        only = "gpu"
+    parser = argparse.ArgumentParser(description="How accurate is the memory estimate?")
+    parser.add_argument(
+        "--only", choices=("precise", "saved", "gpu"), help="run one part (nothing is written)"
+    )
+    parser.add_argument("--cuda", action="store_true", help="the GPU comparison alone (bench/gpu_check.sh)")
+    args = parser.parse_args(argv)
+    only = "gpu" if args.cuda else args.only
     start = time.perf_counter()
     precise: list[dict[str, Any]] = []
     saved: list[dict[str, Any]] = []

@@ -132,7 +132,7 @@ def main() -> None:
     model_dir = tiny_model_dir(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2)
     data = identity_like_data(128)
 
-    from lora_studio.core import events as ev
+    from lora_studio.core.train import events as ev
     from lora_studio.gui import workers
     from lora_studio.gui.app import MainWindow, create_app
     from lora_studio.gui.state import AppState

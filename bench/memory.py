@@ -1,6 +1,6 @@
 """Training memory: the standard transformers + peft QLoRA path against LoRA Studio's savers.
 
-Every number comes from the estimator's **precise mode** (``core/estimate_precise.py``): one real
+Every number comes from the estimator's **precise mode** (``core/estimate/precise.py``): one real
 training step (forward, backward, gradient clipping, optimizer step) of the model as each path
 builds it, run on fake tensors under torch's ``MemTracker`` — shapes and dtypes, no weights, no GPU.
 Depth: 2 and 4 decoder layers are simulated and the per-layer difference is extrapolated to the
@@ -26,6 +26,7 @@ the full-depth check, minutes).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import sys
@@ -104,8 +105,7 @@ class Simulations:
         settings = {**COMMON, **PATHS[path], **(extra or {}), "lora_r": r, "seq_len": seq}
         name = json.dumps([model, settings], sort_keys=True)
         if name not in self.peaks:
-            from lora_studio.core.estimate import EstimateRequest
-            from lora_studio.core.estimate_precise import estimate_precise
+            from lora_studio.core.estimate import EstimateRequest, estimate_precise
 
             start = time.perf_counter()
             result = estimate_precise(EstimateRequest(f"catalog:{model}", **settings))
@@ -136,9 +136,9 @@ def _code_key() -> str:
     core = ROOT / "lora_studio" / "core"
     for file in (
         core / "estimate.py",
-        core / "estimate_precise.py",
-        core / "estimate_fakes.py",
-        core / "memory_saving.py",
+        core / "core/estimate/precise.py",
+        core / "core/estimate/fakes.py",
+        core / "core/train/memory_saving.py",
         ROOT / "resources" / "catalog" / "models.json",
     ):
         digest.update(file.read_bytes())
@@ -262,8 +262,7 @@ def fit_table(sims: Simulations) -> tuple[list[dict[str, Any]], list[dict[str, A
 
 def depth_check(sims: Simulations) -> list[dict[str, Any]]:
     """Simulate every layer of Llama-3.1-8B r32 at 2k tokens and compare with the extrapolation."""
-    from lora_studio.core.estimate import EstimateRequest, plan_for
-    from lora_studio.core.estimate_precise import simulate_step
+    from lora_studio.core.estimate import EstimateRequest, plan_for, simulate_step
 
     rows = []
     for path in PATHS:
@@ -285,7 +284,13 @@ def depth_check(sims: Simulations) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    sims = Simulations(fresh="--fresh" in argv)
+    parser = argparse.ArgumentParser(description="Training memory: the standard QLoRA path against ours.")
+    parser.add_argument("--fresh", action="store_true", help="ignore the simulation cache")
+    parser.add_argument(
+        "--check-depth", action="store_true", help="simulate all layers of one setting (minutes)"
+    )
+    args = parser.parse_args(argv)
+    sims = Simulations(fresh=args.fresh)
     start = time.perf_counter()
     rows, peaks = peak_table(sims)
     print_table(
@@ -323,7 +328,7 @@ def main(argv: list[str]) -> int:
         "target longest ratio": 8.0,
     }
     print_table("Targets", [{"measure": k, "value": v} for k, v in targets.items()])
-    depth = depth_check(sims) if "--check-depth" in argv else []
+    depth = depth_check(sims) if args.check_depth else []
     if depth:
         print_table("Extrapolation from 2 and 4 layers vs simulating all 32 (Llama-3.1-8B r32, 2k)", depth)
     elapsed = time.perf_counter() - start

@@ -35,7 +35,7 @@ def build_model_folder(model: str, layers: int) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lora_studio.core.catalog import catalog_config, find_catalog_model
+    from lora_studio.core.estimate import catalog_config, find_catalog_model
     from lora_studio.core.models import text_config
 
     config = catalog_config(find_catalog_model(model))
@@ -79,9 +79,9 @@ def measure(folder: Path, path: str, r: int, seq: int) -> dict[str, int]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lora_studio.core.engine import wrap_with_lora
-    from lora_studio.core.memory_saving import chunked_forward_loss, offload_context
     from lora_studio.core.models import quantization_config
+    from lora_studio.core.train import wrap_with_lora
+    from lora_studio.core.train.memory_saving import chunked_forward_loss, offload_context
 
     config = run_config(folder, path, r)
     quant = quantization_config("nf4", torch.bfloat16, double_quant=True)
@@ -131,8 +131,7 @@ def release() -> None:
 
 def simulated(folder: Path, path: str, r: int, seq: int) -> int:
     """Precise mode's peak (tensors) for the same config, every layer simulated."""
-    from lora_studio.core.estimate import EstimateRequest
-    from lora_studio.core.estimate_precise import estimate_precise
+    from lora_studio.core.estimate import EstimateRequest, estimate_precise
 
     settings = {**COMMON, **PATHS[path], "lora_r": r, "seq_len": seq}
     req = EstimateRequest(str(folder / "config.json"), **settings)

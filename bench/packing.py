@@ -31,9 +31,9 @@ def alpaca_subset(n: int):
 
 
 def run(model_dir, data, overrides, steps):
-    from lora_studio.core import events as ev
     from lora_studio.core.config import RunConfig
-    from lora_studio.core.engine import train
+    from lora_studio.core.train import events as ev
+    from lora_studio.core.train import train
 
     config = RunConfig.from_dict(
         {

@@ -3,7 +3,7 @@
 Trains the default model on the bundled reviews data (``resources/datasets/reviews.jsonl``) twice with
 the engine — same seed, steps, batch, learning rate and LoRA settings; the only difference is how
 the frozen base weights are stored — then evaluates the base model, both fine-tunes on the held-out
-``reviews_eval.jsonl`` with ``lora_studio.core.evaluate`` and prints eval loss, accuracy, macro-F1,
+``reviews_eval.jsonl`` with ``lora_studio.core.evaluate.run`` and prints eval loss, accuracy, macro-F1,
 peak process RSS of each training run (and the memory estimator's figure), and the QLoRA − LoRA gap
 with a paired bootstrap 95% interval over the examples.
 
@@ -71,8 +71,8 @@ def config_for(variant: str, args: argparse.Namespace) -> Any:
 
 def train_one(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     """In a child process: train one variant and report its own peak RSS."""
-    from lora_studio.core import events as ev
-    from lora_studio.core.engine import train
+    from lora_studio.core.train import events as ev
+    from lora_studio.core.train import train
 
     config = config_for(variant, args)
     started = time.monotonic()
@@ -135,8 +135,7 @@ def passthrough(args: argparse.Namespace) -> list[str]:
 
 
 def evaluate_runs(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    from lora_studio.core import evaluate_scoring as scoring
-    from lora_studio.core.evaluate import EvalOptions, ModelSpec, evaluate, load_eval_set
+    from lora_studio.core.evaluate import EvalOptions, ModelSpec, evaluate, load_eval_set, scoring
 
     lora = ModelSpec.from_run(runs["LoRA"]["run_dir"], label="LoRA")
     qlora = ModelSpec.from_run(runs["QLoRA"]["run_dir"], label="QLoRA")

@@ -55,8 +55,8 @@ def engine_config(model_dir, data_path, *, quantization, steps, batch_size, lora
 
 
 def engine_run(model_dir, data_path, *, quantization, steps, batch_size, lora_r):
-    from lora_studio.core import events as ev
-    from lora_studio.core.engine import train
+    from lora_studio.core.train import events as ev
+    from lora_studio.core.train import train
 
     config = engine_config(
         model_dir, data_path, quantization=quantization, steps=steps, batch_size=batch_size, lora_r=lora_r

@@ -1,8 +1,9 @@
 import tomllib
+from pathlib import Path
 
 import pytest
 
-from lora_studio.core.config import RunConfig, dumps_toml, field_docs
+from lora_studio.core.config import RunConfig, field_docs
 from lora_studio.core.errors import ConfigError
 
 
@@ -105,5 +106,17 @@ def test_every_field_is_documented_for_tooltips():
 
 
 def test_toml_writer_escapes_control_characters():
-    text = dumps_toml({"s": {"v": "a\x01b"}})
-    assert tomllib.loads(text)["s"]["v"] == "a\x01b"
+    config = RunConfig.from_dict({"data": {"system_prompt": "a\x01b\U00018d09"}})
+    assert tomllib.loads(config.to_toml())["data"]["system_prompt"] == "a\x01b\U00018d09"
+
+
+def test_a_config_written_by_the_old_hand_written_writer_still_loads():
+    """The TOML writer moved to tomli-w; files users already have must read back the same."""
+    old = Path(__file__).parent / "data" / "config-written-by-0.x.toml"
+    config = RunConfig.load(old)
+    assert config.data.system_prompt == "Tab\there, newline\nthere, \U00018d09 and \x01"
+    assert config.data.columns == {"instruction": "question", "output": 'answer "quoted"'}
+    assert config.lora.target_modules == ["q_proj", "v_proj"]
+    assert config.training.sample_prompts == ["Hi", "Ça va?"]
+    assert (config.training.epochs, config.training.learning_rate) == (1.5, 2e-4)
+    assert RunConfig.from_dict(tomllib.loads(config.to_toml())) == config

@@ -6,7 +6,7 @@ import tomllib
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from lora_studio.core.config import RunConfig, dumps_toml
+from lora_studio.core.config import RunConfig
 from lora_studio.core.errors import ConfigError
 
 SECTIONS = {
@@ -60,7 +60,7 @@ def test_random_configs_give_a_config_or_a_located_config_error(data):
         if isinstance(section, dict):
             for name, value in section.items():
                 assert not isinstance(value, float) or math.isfinite(value), name
-    assert RunConfig.from_dict(tomllib.loads(dumps_toml(config.to_dict()))) == config
+    assert RunConfig.from_dict(tomllib.loads(config.to_toml())) == config
 
 
 @settings(max_examples=200, deadline=None)

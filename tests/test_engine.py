@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from lora_studio.core import events as ev
 from lora_studio.core.config import RunConfig
-from lora_studio.core.engine import resume, train
 from lora_studio.core.errors import ConfigError, DatasetError, OutOfMemoryError, TrainingError
 from lora_studio.core.runs import RunFolder, list_runs
+from lora_studio.core.train import events as ev
+from lora_studio.core.train import resume, train
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +335,7 @@ def test_pissa_adapter_is_converted_for_the_unmodified_base(tiny_model_dir, chat
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lora_studio.core.engine import TrainingRun
+    from lora_studio.core.train import TrainingRun
 
     config = make_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=2, sample_prompts=[])
     run = TrainingRun(config.with_overrides({"lora.init": "pissa"}), None)

@@ -7,11 +7,17 @@ from dataclasses import replace
 
 import pytest
 
-from lora_studio.core.catalog import find_catalog_model, find_gpu, load_gpu_catalog, load_model_catalog
 from lora_studio.core.config import RunConfig
 from lora_studio.core.errors import ConfigError, LoraStudioError, ModelSourceError
-from lora_studio.core.estimate import EstimateRequest, estimate_memory
-from lora_studio.core.estimate_model import model_shape
+from lora_studio.core.estimate import (
+    EstimateRequest,
+    estimate_memory,
+    find_catalog_model,
+    find_gpu,
+    load_gpu_catalog,
+    load_model_catalog,
+    model_shape,
+)
 
 GIB = 2**30
 KEYS = {
@@ -50,7 +56,9 @@ def tiny_config(tmp_path, **fields):
 
 
 def test_json_shape_has_every_key_of_the_issue_and_integers():
-    data = estimate_memory(EstimateRequest("catalog:SmolLM2-135M", vram_bytes=8 * GIB)).to_dict()
+    data = estimate_memory(
+        EstimateRequest("catalog:SmolLM2-135M", vram_bytes=8 * GIB, batch_size=1)
+    ).to_dict()
     for section, keys in KEYS.items():
         assert keys <= set(data[section]), section
         assert all(isinstance(v, int) for v in data[section].values())
@@ -72,13 +80,13 @@ def test_components_add_up_to_the_total():
 def test_catalog_parameter_counts_match_the_published_sizes():
     expected = {"Llama-3.1-8B": 8_030_261_248, "Llama-3.1-70B": 70_553_706_496, "Qwen2.5-7B": 7_615_616_512}
     for name, count in expected.items():
-        assert estimate_memory(EstimateRequest(f"catalog:{name}")).parameters["total"] == count
+        assert estimate_memory(EstimateRequest(f"catalog:{name}", batch_size=1)).parameters["total"] == count
 
 
 def test_every_catalog_model_estimates_and_every_gpu_resolves():
     for model in load_model_catalog():
         assert model.source
-        estimate = estimate_memory(EstimateRequest(f"catalog:{model.name}", quantization="nf4"))
+        estimate = estimate_memory(EstimateRequest(f"catalog:{model.name}", quantization="nf4", batch_size=1))
         assert estimate.total_bytes > estimate.parameters["total"] // 2  # at least the 4-bit weights
     for gpu in load_gpu_catalog():
         assert find_gpu(gpu.name) == gpu and gpu.memory_bytes > 4 * GIB
@@ -132,9 +140,9 @@ def test_each_memory_saver_saves_where_it_should():
 
 
 def test_lean_kbit_prep_keeps_the_head_in_16_bit_and_peft_prep_upcasts_it():
-    lean = estimate_memory(EstimateRequest("catalog:Llama-3.1-8B", quantization="nf4")).bytes
+    lean = estimate_memory(EstimateRequest("catalog:Llama-3.1-8B", quantization="nf4", batch_size=1)).bytes
     peft = estimate_memory(
-        EstimateRequest("catalog:Llama-3.1-8B", quantization="nf4", lean_kbit_prep=False)
+        EstimateRequest("catalog:Llama-3.1-8B", quantization="nf4", lean_kbit_prep=False, batch_size=1)
     ).bytes
     buffers = model_shape("catalog:Llama-3.1-8B").buffer_bytes  # RoPE tables: fp32 in both
     assert peft["weights_unquantized"] - buffers == 2 * (lean["weights_unquantized"] - buffers)
@@ -142,12 +150,14 @@ def test_lean_kbit_prep_keeps_the_head_in_16_bit_and_peft_prep_upcasts_it():
 
 
 def test_cpu_has_no_overhead_and_computes_in_fp32():
-    estimate = estimate_memory(EstimateRequest("catalog:SmolLM2-135M", device="cpu"))
+    estimate = estimate_memory(EstimateRequest("catalog:SmolLM2-135M", device="cpu", batch_size=1))
     assert estimate.bytes["overhead"] == 0 and estimate.dtype == "fp32"
 
 
 def test_a_pre_ampere_gpu_trains_in_fp16():
-    request = EstimateRequest("catalog:SmolLM2-135M", gpu="T4", vram_bytes=find_gpu("T4").memory_bytes)
+    request = EstimateRequest(
+        "catalog:SmolLM2-135M", gpu="T4", vram_bytes=find_gpu("T4").memory_bytes, batch_size=1
+    )
     assert estimate_memory(request).dtype == "fp16"
 
 
@@ -158,6 +168,7 @@ def test_advice_when_it_does_not_fit_names_single_changes_with_their_savings():
             quantization="nf4",
             seq_len=2048,
             vram_bytes=find_gpu("RTX 3060").memory_bytes,
+            batch_size=1,
         )
     )
     assert estimate.fits is False
@@ -185,6 +196,7 @@ def test_advice_names_each_memory_saver_that_is_off_with_the_estimators_own_savi
         lean_kbit_prep=False,
         chunked_loss=False,
         vram_bytes=12 * GIB,
+        batch_size=1,
     )
     estimate = estimate_memory(standard)
     assert estimate.fits is False
@@ -200,7 +212,9 @@ def test_advice_names_each_memory_saver_that_is_off_with_the_estimators_own_savi
 
 
 def test_advice_offers_offloaded_checkpointing_when_checkpointing_is_off():
-    req = EstimateRequest("catalog:Llama-3.1-8B", quantization="nf4", seq_len=4096, vram_bytes=12 * GIB)
+    req = EstimateRequest(
+        "catalog:Llama-3.1-8B", quantization="nf4", seq_len=4096, vram_bytes=12 * GIB, batch_size=1
+    )
     line = next(
         a for a in estimate_memory(req).advice if a.startswith("Turn on offloaded gradient checkpointing")
     )
@@ -211,7 +225,7 @@ def test_advice_offers_offloaded_checkpointing_when_checkpointing_is_off():
 
 def test_advice_when_it_fits_gives_the_largest_batch_and_sequence():
     estimate = estimate_memory(
-        EstimateRequest("catalog:Qwen2.5-0.5B", quantization="nf4", vram_bytes=24 * GIB)
+        EstimateRequest("catalog:Qwen2.5-0.5B", quantization="nf4", vram_bytes=24 * GIB, batch_size=1)
     )
     batch_line = next(line for line in estimate.advice if line.startswith("Largest batch size"))
     batch = int(batch_line.rstrip(".").rsplit(" ", 1)[1])
@@ -223,7 +237,7 @@ def test_advice_when_it_fits_gives_the_largest_batch_and_sequence():
 
 
 def test_a_70b_model_does_not_fit_a_12gb_card_and_the_advice_says_what_would():
-    request = EstimateRequest("catalog:Llama-3.1-70B", quantization="nf4", vram_bytes=12 * GIB)
+    request = EstimateRequest("catalog:Llama-3.1-70B", quantization="nf4", vram_bytes=12 * GIB, batch_size=1)
     estimate = estimate_memory(request)
     assert not estimate.fits and estimate.bytes["weights_quantized"] > 30 * GIB
     assert any("smallest catalog GPU" in line for line in estimate.advice)
@@ -240,7 +254,7 @@ def test_from_config_mirrors_the_run_configuration():
 
 
 def test_a_config_json_without_weights_is_enough(tmp_path):
-    estimate = estimate_memory(EstimateRequest(tiny_config(tmp_path)))
+    estimate = estimate_memory(EstimateRequest(tiny_config(tmp_path), batch_size=1))
     assert (
         estimate.parameters["total"]
         == 512 * 64 * 2 + 2 * (64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3 + 128) + 64
@@ -252,12 +266,14 @@ def test_repeated_estimates_reuse_the_analysed_model(monkeypatch):
     meta device); the speed itself is measured by bench/estimator_speed.py (< 50 ms per estimate)."""
     from lora_studio.core import models
 
-    estimate_memory(EstimateRequest("catalog:Llama-3.1-70B"))  # builds and caches the meta model
+    estimate_memory(
+        EstimateRequest("catalog:Llama-3.1-70B", batch_size=1)
+    )  # builds and caches the meta model
     builds = []
     real = models.meta_model
     monkeypatch.setattr(models, "meta_model", lambda *a, **k: builds.append(1) or real(*a, **k))
     results = [
-        estimate_memory(EstimateRequest("catalog:Llama-3.1-70B", lora_r=r, vram_bytes=24 * GIB))
+        estimate_memory(EstimateRequest("catalog:Llama-3.1-70B", lora_r=r, vram_bytes=24 * GIB, batch_size=1))
         for r in (8, 16, 32, 64)
     ]
     assert builds == []
@@ -272,7 +288,7 @@ def test_the_first_estimate_of_a_new_model_builds_it_once_and_reads_no_weights(t
     real = models.meta_model
     monkeypatch.setattr(models, "meta_model", lambda *a, **k: builds.append(1) or real(*a, **k))
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("an estimate loaded weights"))
-    estimate_memory(EstimateRequest(tiny_config(tmp_path, hidden_size=128), vram_bytes=GIB))
+    estimate_memory(EstimateRequest(tiny_config(tmp_path, hidden_size=128), vram_bytes=GIB, batch_size=1))
     assert builds == [1]
 
 
@@ -299,10 +315,30 @@ def test_cli_prints_an_aligned_table_with_verdict_and_advice(capsys):
 
 
 def test_cli_json_is_the_estimate(capsys):
-    assert run_cli("--model", "catalog:Qwen2.5-7B", "--quant", "nf4", "--vram", "24", "--json") == 0
+    assert (
+        run_cli(
+            "--model", "catalog:Qwen2.5-7B", "--quant", "nf4", "--batch-size", "1", "--vram", "24", "--json"
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["device_bytes"] == 24 * GIB and data["fits"] is True
     assert KEYS["bytes"] <= set(data["bytes"])
+
+
+def test_with_no_flags_the_cli_and_the_request_estimate_the_default_run():
+    """One source for defaults: the estimate of a bare command is the estimate of ``RunConfig()``."""
+    import argparse
+
+    from lora_studio.cli.estimate import register, request_from_args
+    from lora_studio.core.config import RunConfig
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["estimate", "--model", "catalog:Qwen2.5-7B"])
+    config = RunConfig.from_dict({"model": {"source": "catalog:Qwen2.5-7B"}})
+    from_config = EstimateRequest.from_config(config, device="cuda", vram_bytes=None)
+    assert request_from_args(args) == from_config == EstimateRequest("catalog:Qwen2.5-7B")
 
 
 @pytest.mark.parametrize(

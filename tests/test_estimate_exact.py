@@ -51,7 +51,7 @@ def request(source, quant, dtype, double_quant=False, **kw) -> EstimateRequest:
 
 def engine_wrap(model, source, quant, dtype, double_quant=False, **lora):
     """peft wrapping exactly as the training engine does it."""
-    from lora_studio.core.engine import wrap_with_lora
+    from lora_studio.core.train import wrap_with_lora
 
     overrides = {
         "model.source": source,

@@ -10,8 +10,7 @@ import json
 
 import pytest
 
-from lora_studio.core.estimate import EstimateRequest, estimate_memory
-from lora_studio.core.estimate_precise import CATEGORIES, estimate_precise
+from lora_studio.core.estimate import CATEGORIES, EstimateRequest, estimate_memory, estimate_precise
 
 FAMILIES = {
     "llama": {"model_type": "llama"},
@@ -86,7 +85,9 @@ def test_analytic_agrees_with_precise_for_each_option(tmp_path, options):
 
 
 def test_parameters_and_optimizer_states_are_exact_in_both(tmp_path):
-    req = EstimateRequest(small_config(tmp_path), quantization="nf4", optimizer="adamw_bnb_8bit")
+    req = EstimateRequest(
+        small_config(tmp_path), quantization="nf4", optimizer="adamw_bnb_8bit", batch_size=1
+    )
     precise = estimate_precise(req)
     sizes = precise.analytic.bytes
     input_ids = req.batch_size * req.seq_len * 8  # tracked as "other" with the quantization states
@@ -109,10 +110,10 @@ def test_a_few_layers_extrapolate_to_the_full_depth(tmp_path):
 
 
 def test_precise_result_is_json_serialisable_with_every_category(tmp_path):
-    precise = estimate_precise(EstimateRequest(small_config(tmp_path)))
+    precise = estimate_precise(EstimateRequest(small_config(tmp_path), batch_size=1))
     data = json.loads(json.dumps(precise.to_dict()))
     assert set(CATEGORIES) == set(data["peak"]) and data["total_bytes"] == precise.total_bytes
     assert (
         data["analytic"]["bytes"]["total"]
-        == estimate_memory(EstimateRequest(small_config(tmp_path))).total_bytes
+        == estimate_memory(EstimateRequest(small_config(tmp_path), batch_size=1)).total_bytes
     )

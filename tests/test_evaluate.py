@@ -10,7 +10,6 @@ from conftest import make_tiny_model
 from lora_studio.cli import main
 from lora_studio.core.chat import ChatError
 from lora_studio.core.config import RunConfig
-from lora_studio.core.engine import train
 from lora_studio.core.errors import CancelledError, DatasetError
 from lora_studio.core.evaluate import (
     EvalOptions,
@@ -22,6 +21,7 @@ from lora_studio.core.evaluate import (
     load_examples,
 )
 from lora_studio.core.runs import RunFolder
+from lora_studio.core.train import train
 
 REVIEWS = [
     ("Great blender, love it.", "positive"),
@@ -208,7 +208,7 @@ def test_cancel_stops_the_evaluation(tiny_model_dir, tmp_path):
 
 
 def test_batched_generation_matches_one_at_a_time(tiny_run):
-    from lora_studio.core.evaluate_model import generate_answers, load_chat_model
+    from lora_studio.core.evaluate.model import generate_answers, load_chat_model
 
     spec = ModelSpec.from_run(tiny_run)
     chat = load_chat_model(

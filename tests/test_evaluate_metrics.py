@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from lora_studio.core import metrics as m
-from lora_studio.core.bootstrap import interval, mean_of, paired_difference, ratio_of
+from lora_studio.core.evaluate import interval, mean_of, paired_difference, ratio_of
+from lora_studio.core.evaluate import metrics as m
 
 LABELS = ["positive", "negative", "neutral"]
 

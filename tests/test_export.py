@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from lora_studio.core.config import RunConfig
-from lora_studio.core.engine import train
 from lora_studio.core.errors import LoraStudioError
 from lora_studio.core.export import FORMATS, STAGING_PREFIX, ExportError, export, resolve_source
+from lora_studio.core.train import train
 
 PAIRS = [
     ("What is your name?", "I am Lumen."),
@@ -143,7 +143,7 @@ def read_gguf(path: Path):
 def test_gguf_has_llama_metadata_tokenizer_and_rotary_permuted_q_k(exported, run_dir):
     from safetensors import safe_open
 
-    from lora_studio.core.export_gguf import permute_rotary
+    from lora_studio.core.export.gguf import permute_rotary
 
     _, _, out = exported
     meta, header, tensors = read_gguf(out / f"{run_dir.name}-f16.gguf")

@@ -3,13 +3,13 @@
 import pytest
 
 from lora_studio.core.export import ExportError, parse_formats, parse_quants
-from lora_studio.core.export_gguf import (
+from lora_studio.core.export.gguf import (
     GGUFExportError,
     check_adapter_settings,
     permute_rotary,
     plan_model_tensors,
 )
-from lora_studio.core.export_modelfile import LAYOUTS, choose_layout, parse_modelfile, render
+from lora_studio.core.export.modelfile import LAYOUTS, choose_layout, parse_modelfile, render
 
 
 def test_ollama_template_renderer_handles_if_end_trim_and_stops_at_response():

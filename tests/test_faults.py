@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from gui_helpers import tiny_config, write_chat
 
-from lora_studio.core import events as ev
 from lora_studio.core.faults import HOLDING, KINDS, Fault, due, hold, parse_faults
+from lora_studio.core.train import events as ev
 
 
 def test_parse_faults_reads_kind_step_and_seconds():
@@ -63,7 +63,7 @@ class HeldRun:
     """``engine.train`` in a thread with a ``step_pause`` fault; the test acts once the hold is announced."""
 
     def __init__(self, tiny_model_dir: Path, tmp_path: Path, fault: str, steps: int) -> None:
-        from lora_studio.core.engine import train
+        from lora_studio.core.train import train
 
         chat = write_chat(tmp_path / "chat.jsonl")
         config = tiny_config(

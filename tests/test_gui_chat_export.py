@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from gui_helpers import tiny_config, wait_answered, write_chat
 
-from lora_studio.core.prompt_sets import PromptSet
+from lora_studio.core.chat import PromptSet
 from lora_studio.gui import workers
 
 

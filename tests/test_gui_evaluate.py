@@ -13,8 +13,8 @@ from PySide6.QtCore import Qt
 from test_evaluate import write_reviews
 
 from lora_studio.core.config import RunConfig
-from lora_studio.core.engine import train
 from lora_studio.core.evaluate import list_evaluations
+from lora_studio.core.train import train
 from lora_studio.gui import workers
 
 

@@ -222,8 +222,8 @@ def test_resume_from_the_page_finishes_a_stopped_run_with_every_step_once(
     checkpoint in the Train page and completes, with each step logged exactly once."""
     from gui_helpers import close_window, make_window, tiny_config, write_chat
 
-    from lora_studio.core import events as ev
     from lora_studio.core.runs import read_jsonl
+    from lora_studio.core.train import events as ev
 
     config = tiny_config(
         tiny_model_dir, write_chat(tmp_path / "chat.jsonl"), tmp_path / "runs", max_steps=30, save_steps=2

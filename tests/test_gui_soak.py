@@ -21,9 +21,10 @@ import weakref
 import pytest
 from gui_helpers import close_window, make_window, tiny_config, wait_idle, write_chat
 
-from lora_studio.core import events as ev
 from lora_studio.core.errors import TrainingError
 from lora_studio.core.runs import RunFolder
+from lora_studio.core.train import SharedModel
+from lora_studio.core.train import events as ev
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -46,13 +47,15 @@ def _isolated_settings(tmp_path, monkeypatch):
 class Watch:
     """A listener that keeps only weak references to what the run allocates."""
 
-    def __init__(self, shared: dict, cancel: threading.Event | None = None, stop_at: int | None = None):
+    def __init__(
+        self, shared: SharedModel, cancel: threading.Event | None = None, stop_at: int | None = None
+    ):
         self.shared, self.cancel, self.stop_at = shared, cancel, stop_at
         self.refs: dict[str, weakref.ref] = {}
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
-            model = self.shared["model"]
+            model = self.shared.model
             self.refs["model"] = weakref.ref(model)
             lora = next(p for p in model.parameters() if p.requires_grad)
             self.refs["a LoRA parameter"] = weakref.ref(lora)
@@ -78,11 +81,11 @@ def test_model_and_optimizer_are_freed_when_a_run_ends(outcome, tiny_model_dir, 
     """No ``gc.collect()`` here: the engine itself must let go, even while the error is still held."""
     import torch
 
-    from lora_studio.core.engine import train
+    from lora_studio.core.train import train
 
     chat_file = write_chat(tmp_path / "chat.jsonl")
     config = tiny_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=4, sample_prompts=[])
-    shared: dict = {}
+    shared = SharedModel()
     cancel = threading.Event()
     watch = Watch(shared, cancel, stop_at=2 if outcome == "cancelled" else None)
     cuda_before = torch.cuda.memory_allocated() if torch.cuda.is_available() else None
@@ -98,7 +101,9 @@ def test_model_and_optimizer_are_freed_when_a_run_ends(outcome, tiny_model_dir, 
         held = result
     assert set(watch.refs) == {"model", "a LoRA parameter", "optimizer"}
     assert watch.alive() == [], f"still alive after a {outcome} run: {watch.alive()}"
-    assert shared == {}  # the paused-chat hand-over does not outlive the run
+    assert (
+        not shared.loaded and shared.tokenizer is None
+    )  # the paused-chat hand-over does not outlive the run
     if cuda_before is not None:
         assert torch.cuda.memory_allocated() == cuda_before
     del held

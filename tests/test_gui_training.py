@@ -9,8 +9,8 @@ import pytest
 from gui_helpers import GapMeter, close_window, make_window, tiny_config, write_chat
 from PySide6.QtCore import Qt
 
-from lora_studio.core import events as ev
 from lora_studio.core.runs import RunFolder
+from lora_studio.core.train import events as ev
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -132,7 +132,7 @@ def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_p
         assert window.state.run_state == "paused"
         assert window.run_label.text().startswith("Paused")
         assert page.pause_button.text() == "Resume"
-        assert window.state.shared_model.get("model") is not None  # free for chat while paused
+        assert window.state.shared_model.loaded  # free for chat while paused
         # the Chat page's "current paused run" answers with the model exactly as it is now
         from lora_studio.core.chat import Sampling
         from lora_studio.gui.pages.chat import load_chat

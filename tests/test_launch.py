@@ -1,7 +1,7 @@
 import subprocess
 
 from lora_studio.core.config import RunConfig
-from lora_studio.core.launch import accelerate_command, write_launch_bundle
+from lora_studio.core.train import accelerate_command, write_launch_bundle
 
 
 def test_launch_bundle_is_runnable_shell_and_keeps_the_config(tmp_path):

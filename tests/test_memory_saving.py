@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lora_studio.core.memory_saving import chunked_forward_loss, offload_context
+from lora_studio.core.train.memory_saving import chunked_forward_loss, offload_context
 
 
 @pytest.fixture()
@@ -67,9 +67,9 @@ def test_offloaded_checkpointing_gives_the_same_gradients(lora_model):
 
 
 def losses(tiny_model_dir, data, runs, **overrides):
-    from lora_studio.core import events as ev
     from lora_studio.core.config import RunConfig
-    from lora_studio.core.engine import train
+    from lora_studio.core.train import events as ev
+    from lora_studio.core.train import train
 
     config = RunConfig.from_dict(
         {
@@ -124,7 +124,7 @@ def test_lean_kbit_preparation_keeps_the_loss_curve(tiny_model_dir, small_data, 
 
 def test_chunked_loss_applies_final_logit_softcapping():
     """Gemma 2 caps its logits before the loss; the chunked loss must give the same number."""
-    from lora_studio.core.memory_saving import chunked_causal_lm_loss
+    from lora_studio.core.train.memory_saving import chunked_causal_lm_loss
 
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 50, bias=False)
@@ -137,7 +137,7 @@ def test_chunked_loss_applies_final_logit_softcapping():
 
 
 def test_loss_chunks_hold_a_bounded_number_of_logits_whatever_the_vocabulary():
-    from lora_studio.core.memory_saving import LOSS_CHUNK_ELEMENTS, loss_chunk_tokens
+    from lora_studio.core.train.memory_saving import LOSS_CHUNK_ELEMENTS, loss_chunk_tokens
 
     assert [loss_chunk_tokens(v) for v in (128256, 152064, 49152, 256000)] == [256, 192, 640, 128]
     assert loss_chunk_tokens(1000) == 1024 and loss_chunk_tokens(10**7) == 64  # the bounds

@@ -11,20 +11,24 @@ import threading
 
 import pytest
 
-from lora_studio.core.chat import ChatModel, Reply, Sampling
-from lora_studio.core.config import RunConfig
-from lora_studio.core.prompt_set_run import GREEDY, PromptSetResult, run_prompt_set
-from lora_studio.core.prompt_sets import (
+from lora_studio.core.chat import (
+    GREEDY,
+    ChatModel,
     PromptSet,
     PromptSetError,
+    PromptSetResult,
+    Reply,
+    Sampling,
     delete_prompt_set,
     find_prompt_set,
     list_prompt_sets,
     load_prompt_set,
     prompt_sets_dir,
+    run_prompt_set,
     sample_prompt_set,
     save_prompt_set,
 )
+from lora_studio.core.config import RunConfig
 
 SHORT = Sampling(greedy=True, max_new_tokens=6, repetition_penalty=1.0)
 

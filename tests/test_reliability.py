@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from lora_studio.core.config import RunConfig
-from lora_studio.core.engine import train
 from lora_studio.core.faults import HOLDING
 from lora_studio.core.runs import RunFolder, list_runs
+from lora_studio.core.train import train
 
 STEPS = 24
 SAVE_EVERY = 2  # checkpoint every 2 steps: a kill may lose at most this many logged steps

@@ -23,7 +23,7 @@ import pytest
 import test_gui_chat_export
 
 from lora_studio.core.config import RunConfig
-from lora_studio.core.export_types import STAGING_PREFIX
+from lora_studio.core.export import STAGING_PREFIX
 
 PAUSE = "write_pause@0:120"  # every save of the subprocess waits 2 minutes before its rename
 RANDOM_KILLS = 12

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _prompt_set(args: argparse.Namespace) -> Any:
-    from lora_studio.core.prompt_sets import find_prompt_set
+    from lora_studio.core.chat import find_prompt_set
 
     prompt_set = find_prompt_set(args.prompt_set, run=args.adapter)
     if args.system:
@@ -106,7 +106,7 @@ def _run_prompt_set(chat: Any, prompt_set: Any, sampling: Any, args: argparse.Na
     """Progress on stderr, one line per answer; the table on stdout (and in --markdown).
 
     Exit code 130 when Ctrl-C stopped it (the partial table is still printed and written)."""
-    from lora_studio.core.prompt_set_run import default_columns, run_prompt_set
+    from lora_studio.core.chat import default_columns, run_prompt_set
 
     columns = default_columns(chat)
     cancel = threading.Event()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from lora_studio.core.config import default
 from lora_studio.core.estimate import (
     COMPUTE_DTYPES,
     DEVICES,
@@ -33,6 +34,34 @@ ROWS = (
     ("overhead", "Overhead"),
 )
 
+#: On/off flags: (flag, the RunConfig setting it mirrors, whether "on" means the setting is off, help).
+SWITCHES = (
+    ("--double-quant", "model.double_quant", False, "4-bit only: quantize the quantization scales"),
+    ("--dora", "lora.use_dora", False, "DoRA adapters"),
+    ("--grad-checkpointing", "training.gradient_checkpointing", False, "recompute activations in backward"),
+    ("--packing", "data.packing", False, "packed rows (builds an attention mask)"),
+    (
+        "--offload",
+        "training.checkpoint_offload",
+        False,
+        "with --grad-checkpointing: keep layer inputs in CPU memory",
+    ),
+    (
+        "--peft-prep",
+        "model.lean_kbit_prep",
+        True,
+        "quantized models: peft's prepare_model_for_kbit_training (fp32 embeddings and lm_head) "
+        "instead of the lean preparation",
+    ),
+    (
+        "--full-loss",
+        "training.chunked_loss",
+        True,
+        "the standard loss over all logits instead of the chunked one",
+    ),
+    ("--trust-remote-code", "model.trust_remote_code", False, "allow code shipped with the model"),
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -43,46 +72,53 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(see --list-models).",
     )
     parser.add_argument("--model", required=False, default=None, help="model string or catalog:<name>")
+    # every default is the run configuration's, so an estimate with no flags is the default run's
     parser.add_argument(
-        "--quant", default="none", help=f"base weights: {', '.join(QUANTIZATIONS)} (default none)"
+        "--quant",
+        default=default("model.quantization"),
+        help=f"base weights: {', '.join(QUANTIZATIONS)} (default %(default)s)",
     )
     parser.add_argument(
-        "--double-quant", action="store_true", help="4-bit only: quantize the quantization scales"
+        "--dtype",
+        default=default("model.compute_dtype"),
+        help=f"compute dtype: {', '.join(COMPUTE_DTYPES)} (default %(default)s)",
     )
     parser.add_argument(
-        "--dtype", default="auto", help=f"compute dtype: {', '.join(COMPUTE_DTYPES)} (default auto)"
+        "--lora-r", type=int, default=default("lora.r"), help="LoRA rank (default %(default)s)"
     )
-    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
     parser.add_argument(
         "--targets",
-        default="all-linear",
-        help="'all-linear' or comma-separated module names, e.g. q_proj,v_proj",
-    )
-    parser.add_argument("--dora", action="store_true", help="DoRA adapters")
-    parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
-    parser.add_argument("--batch-size", type=int, default=1, help="examples per step (default 1)")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per example (default 512)")
-    parser.add_argument(
-        "--grad-accum", type=int, default=1, help="gradient accumulation steps (no memory cost)"
+        default=default("lora.target_modules"),
+        help="'all-linear' or comma-separated module names, e.g. q_proj,v_proj (default %(default)s)",
     )
     parser.add_argument(
-        "--optimizer", default="adamw_torch", help=f"{', '.join(OPTIMIZERS)} (default adamw_torch)"
-    )
-    parser.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
-    parser.add_argument("--packing", action="store_true", help="packed rows (builds an attention mask)")
-    parser.add_argument(
-        "--offload", action="store_true", help="with --grad-checkpointing: keep layer inputs in CPU memory"
+        "--lora-dropout",
+        type=float,
+        default=default("lora.dropout"),
+        help="LoRA dropout (default %(default)s)",
     )
     parser.add_argument(
-        "--peft-prep",
-        action="store_true",
-        help="quantized models: peft's prepare_model_for_kbit_training (fp32 embeddings and lm_head) "
-        "instead of the lean preparation",
+        "--batch-size",
+        type=int,
+        default=default("training.batch_size"),
+        help="examples per step (default %(default)s)",
     )
     parser.add_argument(
-        "--full-loss",
-        action="store_true",
-        help="the standard loss over all logits instead of the chunked one",
+        "--seq-len",
+        type=int,
+        default=default("data.max_seq_len"),
+        help="tokens per example (default %(default)s)",
+    )
+    parser.add_argument(
+        "--grad-accum",
+        type=int,
+        default=default("training.grad_accum"),
+        help="gradient accumulation steps (no memory cost; default %(default)s)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        default=default("training.optimizer"),
+        help=f"{', '.join(OPTIMIZERS)} (default %(default)s)",
     )
     parser.add_argument("--device", default="cuda", help=f"{', '.join(DEVICES)} (default cuda)")
     limit = parser.add_mutually_exclusive_group()
@@ -90,16 +126,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     limit.add_argument("--vram", type=float, help="device memory in GB (2^30 bytes)")
     parser.add_argument("--precise", action="store_true", help="also simulate one training step (slower)")
     parser.add_argument("--layers", type=int, default=None, help="--precise: decoder layers to simulate")
+    for flag, dotted, inverted, text in SWITCHES:
+        on = default(dotted)
+        parser.add_argument(
+            flag, action=argparse.BooleanOptionalAction, default=not on if inverted else on, help=text
+        )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--list-gpus", action="store_true", help="list the GPU catalog and exit")
     parser.add_argument("--list-models", action="store_true", help="list the model catalog and exit")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the model")
     parser.set_defaults(func=run)
 
 
 def request_from_args(args: argparse.Namespace) -> EstimateRequest:
     """The request the flags describe; unknown GPU names raise a ConfigError listing the catalog."""
-    from lora_studio.core.catalog import find_gpu
+    from lora_studio.core.estimate import find_gpu
 
     vram = None
     gpu_name = None
@@ -109,7 +149,7 @@ def request_from_args(args: argparse.Namespace) -> EstimateRequest:
     elif args.vram is not None:
         vram = int(args.vram * GIB)
     targets: str | list[str] = args.targets
-    if targets != "all-linear":
+    if isinstance(targets, str) and targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     return EstimateRequest(
         model=args.model,
@@ -147,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     estimate = estimate_memory(req)
     precise = None
     if args.precise:
-        from lora_studio.core.estimate_precise import estimate_precise
+        from lora_studio.core.estimate import estimate_precise
 
         precise = estimate_precise(req, layers=args.layers)
     if args.json:
@@ -226,7 +266,7 @@ def render(req: EstimateRequest, estimate: MemoryEstimate) -> str:
 
 def render_precise(precise: object) -> str:
     """The simulated step's peak by category, next to the analytic total."""
-    from lora_studio.core.estimate_precise import CATEGORIES, PreciseEstimate
+    from lora_studio.core.estimate import CATEGORIES, PreciseEstimate
 
     assert isinstance(precise, PreciseEstimate)
     width = max(len(c) for c in CATEGORIES)
@@ -244,7 +284,7 @@ def render_precise(precise: object) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from lora_studio.core.catalog import load_gpu_catalog, load_model_catalog
+    from lora_studio.core.estimate import load_gpu_catalog, load_model_catalog
 
     if args.list_gpus:
         gpus = load_gpu_catalog()

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from lora_studio.core.metrics import METRIC_CHOICES
+from lora_studio.core.evaluate import METRIC_CHOICES
 
 
 def register(sub: argparse._SubParsersAction) -> None:

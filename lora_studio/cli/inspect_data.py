@@ -62,8 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lora_studio.core.data import build_dataset, preview_conversations
-    from lora_studio.core.data_formats import error_dict, scan_conversations
+    from lora_studio.core.data import build_dataset, error_dict, preview_conversations, scan_conversations
     from lora_studio.core.models import load_tokenizer, resolve_model
 
     data = _data_section(args)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from lora_studio.cli import install_sigint
-from lora_studio.core import events as ev
 from lora_studio.core.config import RunConfig
 from lora_studio.core.errors import CancelledError
+from lora_studio.core.train import events as ev
 
 # Friendlier names for the most used fields; every other field is --<name-with-dashes>.
 ALIASES = {
@@ -37,15 +37,12 @@ ALIASES = {
     "output.runs_dir": ["--runs-dir"],
 }
 
+# What --demo changes from the defaults (every other setting is RunConfig's own).
 DEMO = {
     "training.max_steps": 30,
-    "training.batch_size": 8,
     "training.learning_rate": 5e-4,
-    "training.save_steps": 10,
     "data.path": "demo",
     "data.max_seq_len": 256,
-    "lora.r": 16,
-    "lora.alpha": 32.0,
     "output.run_name": "demo",
 }
 
@@ -132,7 +129,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lora_studio.core.engine import resume, train
+    from lora_studio.core.train import resume, train
 
     cancel = threading.Event()
     printer = JsonPrinter() if args.json else HumanPrinter()

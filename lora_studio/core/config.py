@@ -7,18 +7,17 @@ bundled default model on a CPU.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lora_studio.core.atomic import atomic_write_text
 from lora_studio.core.errors import ConfigError
-from lora_studio.core.faults import pause_before_rename
 
 SCHEMA_VERSION = 1
 
@@ -443,7 +442,8 @@ class RunConfig(_Section):
         return self.model_dump(mode="python")
 
     def to_toml(self) -> str:
-        return dumps_toml(self.to_dict())
+        """The TOML text :meth:`save` writes; unset optional settings are left out (TOML has no null)."""
+        return tomli_w.dumps(_without_none(self.to_dict()))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temporary file then rename) so a crash never leaves half a config."""
@@ -508,94 +508,6 @@ def _reason(err: Any) -> str:
     return msg.removeprefix("Value error, ")
 
 
-# -- TOML writing ---------------------------------------------------------------------------------
-
-
-def _toml_unicode_escape(ch: str) -> str:
-    """TOML's \\uXXXX holds 4 hex digits: a character beyond U+FFFF needs \\UXXXXXXXX."""
-    code = ord(ch)
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        text = repr(value)
-        return text if any(c in text for c in ".en") else text + ".0"
-    if isinstance(value, str):
-        escaped = (
-            value.replace("\\", "\\\\")
-            .replace('"', '\\"')
-            .replace("\n", "\\n")
-            .replace("\r", "\\r")
-            .replace("\t", "\\t")
-        )
-        escaped = "".join(
-            ch if ch.isprintable() or ch in "\\" else _toml_unicode_escape(ch) for ch in escaped
-        )
-        return f'"{escaped}"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _toml_key(key: str) -> str:
-    if key and all(ch.isalnum() or ch in "-_" for ch in key):
-        return key
-    return _toml_value(key)
-
-
-def dumps_toml(data: dict[str, Any]) -> str:
-    """A small TOML writer for our two-level config (top-level scalars, then one table per section).
-
-    ``None`` values are omitted: TOML has no null, and every nullable field defaults to ``None``.
-    """
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, Any]]] = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        elif value is not None:
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    for name, table in tables:
-        lines.append("")
-        lines.append(f"[{_toml_key(name)}]")
-        for key, value in table.items():
-            if value is not None:
-                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then ``os.replace`` into place."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        pause_before_rename()  # fault injection only: where a kill would tear a non-atomic save
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def field_docs() -> dict[str, str]:
     """Dotted field name → its description: the text of tooltips and ``--help``."""
     docs: dict[str, str] = {}
@@ -605,3 +517,17 @@ def field_docs() -> dict[str, str]:
             for name, info in section_type.model_fields.items():
                 docs[f"{section_name}.{name}"] = info.description or ""
     return docs
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def default(dotted: str) -> Any:
+    """The default of a setting (``"lora.r"``): the one source the CLI, the estimator and the GUI read."""
+    section, _, name = dotted.partition(".")
+    section_type = RunConfig.model_fields[section].annotation
+    info = section_type.model_fields[name]  # type: ignore[union-attr]
+    return info.get_default(call_default_factory=True)

@@ -9,7 +9,7 @@ written, counting from 1) and ``low_disk`` (free space reported as a tenth of wh
 needs). Chat understands ``generate_error@N`` (the N-th answer of one loaded model fails inside
 ``generate``). ``write_pause@N:S`` holds the N-th file or folder written by this process (``@0``:
 every one) for S seconds after its content is on disk and before it is renamed into place — the
-moment a kill tests that saves are atomic. ``step_pause@N:S`` holds the run for S seconds once step
+moment a kill tests that saves are atomic (the seam is ``core/atomic.pause_before_rename``). ``step_pause@N:S`` holds the run for S seconds once step
 N's metrics line is on disk and its event sent, ending early when the run is asked to stop or pause,
 so a test can kill, stop or pause it at exactly that step however fast the machine trains.
 
@@ -20,12 +20,12 @@ where every check is one dict lookup.
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeAlias
 
 KINDS = (
     "oom",
@@ -45,8 +45,6 @@ KINDS = (
 #: The start of the line every pause prints to stderr before it holds.
 HOLDING = "LORA_STUDIO_FAULTS: "
 
-_writes = itertools.count(1)  # files and folders renamed into place by this process
-
 
 @dataclass(frozen=True)
 class Fault:
@@ -55,7 +53,15 @@ class Fault:
     seconds: float = 0.0
 
 
-def parse_faults(spec: str | None = None) -> dict[str, Fault]:
+#: What ``train``, ``resume``, ``export`` and chat take as ``faults=``: the spec text, faults already
+#: parsed, or None (then ``LORA_STUDIO_FAULTS`` decides — unset in normal use).
+FaultSpec: TypeAlias = "str | Mapping[str, Fault] | None"
+
+
+def parse_faults(spec: FaultSpec = None) -> dict[str, Fault]:
+    """The faults to inject, by kind; raises ValueError naming an unknown kind."""
+    if isinstance(spec, Mapping):
+        return dict(spec)
     spec = os.environ.get("LORA_STUDIO_FAULTS", "") if spec is None else spec
     faults: dict[str, Fault] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
@@ -85,19 +91,3 @@ def hold(fault: Fault, where: str, until: Callable[[], bool] | None = None) -> N
         if until is not None and until():
             return
         time.sleep(min(left, 0.05))
-
-
-def pause_before_rename() -> None:
-    """Called by every atomic writer between "content written" and "renamed into place".
-
-    With ``write_pause`` unset this costs one environment lookup; set, it sleeps so that a test can
-    SIGKILL the process at the one moment where a non-atomic save would leave a torn file.
-    """
-    if "write_pause" not in os.environ.get("LORA_STUDIO_FAULTS", ""):
-        return
-    fault = parse_faults().get("write_pause")
-    if fault is None:
-        return
-    number = next(_writes)
-    if fault.step in (0, number):
-        hold(fault, f"write {number} before its rename")

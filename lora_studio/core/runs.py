@@ -24,9 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lora_studio.core.config import RunConfig, atomic_write_text
+from lora_studio.core.atomic import atomic_write_text, pause_before_rename
+from lora_studio.core.config import RunConfig
 from lora_studio.core.errors import LoraStudioError
-from lora_studio.core.faults import pause_before_rename
 from lora_studio.core.paths import runs_dir as default_runs_dir
 
 STATES = ("running", "completed", "cancelled", "failed", "interrupted")

@@ -274,10 +274,7 @@ class MainWindow(QMainWindow):
         name = info.name if info is not None else self.state.config.model.source
         if self.state.model_failure is not None:
             loaded = "cannot be used"
-        elif (
-            self.state.run_state in ("running", "stopping")
-            and self.state.shared_model.get("model") is not None
-        ):
+        elif self.state.run_state in ("running", "stopping") and self.state.shared_model.loaded:
             loaded = "loaded for training"
         elif self.state.run_state == "paused":
             loaded = "loaded, paused"

@@ -72,8 +72,8 @@ class ModelFacts:
 
 def model_facts(source: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> ModelFacts:
     """Model info from the config alone, plus the linear layer names LoRA can target."""
-    from lora_studio.core.engine import linear_module_names
     from lora_studio.core.models import load_config, meta_model, model_info
+    from lora_studio.core.train import linear_module_names
 
     ensure_libraries()
     with _LOCK:
@@ -107,7 +107,7 @@ def cached_hub_models() -> list[str]:
 
 
 def device_summary() -> Any:
-    from lora_studio.core.monitor import device_summary as summary
+    from lora_studio.core.train import device_summary as summary
 
     ensure_libraries()
     return summary()
@@ -139,8 +139,12 @@ def data_overview(
     preview_count: int = 8,
 ) -> DataOverview:
     """Tokenize the dataset as training would (stats + preview), or list where it is broken."""
-    from lora_studio.core.data import prepare_dataset, preview_conversations
-    from lora_studio.core.data_formats import load_conversations, scan_conversations
+    from lora_studio.core.data import (
+        load_conversations,
+        prepare_dataset,
+        preview_conversations,
+        scan_conversations,
+    )
 
     overview = DataOverview(columns=_columns(data))
     tokenizer = tokenizer_for(model_source, trust_remote_code=trust_remote_code)
@@ -176,7 +180,7 @@ def _same(a: DatasetError, b: DatasetError) -> bool:
 
 def _columns(data: DataSection) -> list[str]:
     """Field names of the first record (for column mapping); [] when the file cannot be read."""
-    from lora_studio.core.data_files import open_source, resolve_paths
+    from lora_studio.core.data import open_source, resolve_paths
 
     try:
         source = open_source(resolve_paths(data.path)[0], txt_split=data.txt_split)
@@ -226,13 +230,13 @@ def estimate(
 
 def gpu_catalog() -> list[tuple[str, int]]:
     """(name, memory in bytes) for the memory panel's GPU list."""
-    from lora_studio.core.catalog import load_gpu_catalog
+    from lora_studio.core.estimate import load_gpu_catalog
 
     return [(gpu.name, gpu.memory_bytes) for gpu in load_gpu_catalog()]
 
 
 def model_catalog() -> list[str]:
     """Names of catalog models (estimation only: their weights are not on this machine)."""
-    from lora_studio.core.catalog import load_model_catalog
+    from lora_studio.core.estimate import load_model_catalog
 
     return [model.name for model in load_model_catalog()]

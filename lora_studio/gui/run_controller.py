@@ -11,9 +11,9 @@ from typing import Any
 
 from PySide6.QtCore import QEventLoop, QObject, QTimer, Signal, Slot
 
-from lora_studio.core import events as ev
 from lora_studio.core.config import RunConfig
 from lora_studio.core.errors import CancelledError
+from lora_studio.core.train import events as ev
 from lora_studio.gui import workers
 from lora_studio.gui.state import AppState
 

@@ -56,7 +56,7 @@ def tiny_model(out: Path) -> Path:
 def train_run(model: str, steps: int, runs: Path) -> tuple[str, str]:
     """Train ``steps`` steps on the demo data; returns (run folder, model source)."""
     from lora_studio.core.config import RunConfig
-    from lora_studio.core.engine import train
+    from lora_studio.core.train import train
 
     config = RunConfig().with_overrides({
         "model.source": model, "data.path": "demo", "data.max_seq_len": 256, "data.eval_fraction": 0.1,

@@ -17,6 +17,7 @@ from PySide6.QtCore import QObject, Signal
 
 from lora_studio.core.config import RunConfig
 from lora_studio.core.errors import ConfigError
+from lora_studio.core.train import SharedModel
 
 #: Run states shown in the status bar (``idle`` before the first run of a session).
 RUN_STATES = ("idle", "starting", "running", "paused", "stopping", "completed", "cancelled", "failed")
@@ -44,8 +45,8 @@ class AppState(QObject):
         self.run_state = "idle"
         self.run_detail = ""
         self.theme: Any = None
-        #: What a page may use while a run is paused: {"model", "tokenizer", "lock"} (engine fills it).
-        self.shared_model: dict[str, Any] = {}
+        #: What a page may use while a run is paused (the engine lends its model here).
+        self.shared_model = SharedModel()
         self.shared_model_lock = threading.Lock()
         #: dotted name -> (page title, label): lets messages name a field the way the user sees it.
         self.field_labels: dict[str, tuple[str, str]] = {}

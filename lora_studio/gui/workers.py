@@ -29,6 +29,7 @@ import shiboken6
 from PySide6.QtCore import QEventLoop, QObject, QThread, QTimer, Signal, Slot
 
 from lora_studio.core.errors import LoraStudioError
+from lora_studio.core.train import SharedModel
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ class TrainingWorker(Worker):
         config: Any,
         *,
         resume_dir: str | None = None,
-        shared_model: dict[str, Any] | None = None,
+        shared_model: SharedModel | None = None,
         runs_root: Any = None,
     ) -> None:
         super().__init__(lambda: self._train())
@@ -343,14 +344,14 @@ class TrainingWorker(Worker):
         self.resume_dir = resume_dir
         self.cancel = threading.Event()
         self.pause = threading.Event()
-        self.shared_model = shared_model if shared_model is not None else {}
+        self.shared_model = shared_model if shared_model is not None else SharedModel()
         self.runs_root = runs_root
 
     def _listen(self, event: Any) -> None:
         self.send(self.event, event)
 
     def _train(self) -> Any:
-        from lora_studio.core import engine
+        from lora_studio.core.train import engine
         from lora_studio.gui.jobs import ensure_libraries
 
         ensure_libraries()

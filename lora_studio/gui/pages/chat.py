@@ -28,9 +28,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lora_studio.core.chat import ChatError, Reply, Sampling
+from lora_studio.core.chat import ChatError, PromptSet, PromptSetError, Reply, Sampling, sample_prompt_set
 from lora_studio.core.errors import LoraStudioError
-from lora_studio.core.prompt_sets import PromptSet, PromptSetError, sample_prompt_set
+from lora_studio.core.train import SharedModel
 from lora_studio.gui import workers
 from lora_studio.gui.pages import Page
 from lora_studio.gui.widgets.chat_view import PromptEdit, SamplingPanel, Transcript, Turn, reply_stats
@@ -42,7 +42,7 @@ from lora_studio.gui.widgets.sources import SourcePicker
 FLUSH_MS = 50  # streamed pieces are drawn at most this often
 
 
-def load_chat(kind: str, path: str, config: Any, shared: dict[str, Any]) -> tuple[Any, str]:
+def load_chat(kind: str, path: str, config: Any, shared: SharedModel) -> tuple[Any, str]:
     """(ChatModel, description) for a picker entry; runs in a worker."""
     from lora_studio.core.chat import ChatModel
     from lora_studio.core.config import RunConfig
@@ -50,9 +50,9 @@ def load_chat(kind: str, path: str, config: Any, shared: dict[str, Any]) -> tupl
 
     ensure_libraries()
     if kind == "paused":
-        if not shared.get("model"):
+        if not shared.loaded:
             raise ChatError("The training run is not paused any more", hint="pause it again, then choose it")
-        return ChatModel(shared["model"], shared["tokenizer"], lock=shared["lock"]), "the paused run's model"
+        return ChatModel(shared.model, shared.tokenizer, lock=shared.lock), "the paused run's model"
     model = config.model
     if kind == "base":
         chat = ChatModel.load(
@@ -238,7 +238,7 @@ class ChatPage(Page):
         self.model_status.setText("Loading…")
         self.messages.clear()
         self._update_buttons()
-        config, shared = self.state.config, dict(self.state.shared_model)
+        config, shared = self.state.config, self.state.shared_model.snapshot()
         workers.start(
             workers.Worker(load_chat, kind, path, config, shared),
             on_returned=lambda result, choice=choice: self._loaded(choice, result),

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lora_studio.core.data_formats import FIELDS
+from lora_studio.core.data import FIELDS
 from lora_studio.gui import jobs
 from lora_studio.gui.pages import Page
 from lora_studio.gui.pages.model import scroll

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lora_studio.core.export_types import DTYPES, FORMATS, QUANTS
+from lora_studio.core.export import DTYPES, FORMATS, QUANTS
 from lora_studio.gui import workers
 from lora_studio.gui.pages import Page
 from lora_studio.gui.widgets.forms import Card

@@ -24,9 +24,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lora_studio.core import events as ev
 from lora_studio.core.errors import LoraStudioError
 from lora_studio.core.runs import RunFolder
+from lora_studio.core.train import events as ev
 from lora_studio.gui.pages import Page
 from lora_studio.gui.pages.model import scroll
 from lora_studio.gui.pages.train_form import build_form
@@ -258,7 +258,7 @@ class TrainPage(Page):
         """Write run.toml, launch.sh and slurm.sbatch to a folder and show the accelerate command."""
         from PySide6.QtWidgets import QFileDialog, QInputDialog
 
-        from lora_studio.core.launch import write_launch_bundle
+        from lora_studio.core.train import write_launch_bundle
 
         if folder is None:
             folder = QFileDialog.getExistingDirectory(self, "Folder for the launch files")

@@ -8,7 +8,7 @@ from typing import Any
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import QPlainTextEdit, QWidget
 
-from lora_studio.core import events as ev
+from lora_studio.core.train import events as ev
 
 MAX_LINES = 5000
 

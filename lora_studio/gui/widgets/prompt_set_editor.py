@@ -27,8 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lora_studio.core.errors import LoraStudioError
-from lora_studio.core.prompt_sets import (
+from lora_studio.core.chat import (
     PromptSet,
     PromptSetError,
     list_prompt_sets,
@@ -36,6 +35,7 @@ from lora_studio.core.prompt_sets import (
     save_prompt_set,
     slug,
 )
+from lora_studio.core.errors import LoraStudioError
 from lora_studio.gui.widgets.forms import Card
 
 SAMPLES, NEW, SAVED = "samples", "new", "saved"

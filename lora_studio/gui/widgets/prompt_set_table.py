@@ -27,10 +27,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lora_studio.core.chat import Reply, Sampling
+from lora_studio.core.chat import (
+    CellProgress,
+    PromptSet,
+    PromptSetResult,
+    Reply,
+    Sampling,
+    run_prompt_set,
+    slug,
+)
 from lora_studio.core.errors import LoraStudioError
-from lora_studio.core.prompt_set_run import CellProgress, PromptSetResult, run_prompt_set
-from lora_studio.core.prompt_sets import PromptSet, slug
 from lora_studio.gui import workers
 from lora_studio.gui.widgets.chat_view import reply_stats
 from lora_studio.gui.widgets.forms import Card
@@ -192,7 +198,7 @@ class PromptSetTable(Card):
 
     def start(self, chat: Any, prompt_set: PromptSet, sampling: Sampling, **names: Any) -> PromptSetWorker:
         """Answer ``prompt_set`` on ``chat`` in a worker; cells fill as answers stream in."""
-        from lora_studio.core.prompt_set_run import default_columns
+        from lora_studio.core.chat import default_columns
 
         columns = default_columns(chat)
         self.columns, self.result = [label for label, _ in columns], None

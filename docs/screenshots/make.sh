@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Re-take the README's screenshots from real windows (a private Xvfb + openbox; see
+# docs/real-display.md), with the real bundled model. About 30 minutes on a 2-core CPU.
+#
+#   bash docs/screenshots/make.sh [RUNS_DIR]
+#
+# Trains, in RUNS_DIR (default: a new temporary folder, never your own runs): three `train --demo`
+# runs to compare on the Runs page (lr 5e-4 rank 16; lr 2e-4 rank 8; the first in 4-bit NF4) and
+# the reviews classification demo, evaluates it against the base model, then renders every page:
+# the Train, Chat and Export pages on the first demo run, the Evaluate page on the reviews run.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs="${1:-$(mktemp -d)}"
+studio=.venv/bin/lora-studio
+out=docs/screenshots
+echo "runs in $runs"
+
+train() { "$studio" train --runs-dir "$runs" "$@"; }
+[ -n "$(ls -d "$runs"/*-demo-a 2>/dev/null)" ] || train --demo --run-name demo-a
+[ -n "$(ls -d "$runs"/*-demo-b 2>/dev/null)" ] || train --demo --lr 2e-4 --lora-r 8 --lora-alpha 16 --run-name demo-b
+[ -n "$(ls -d "$runs"/*-demo-c 2>/dev/null)" ] || train --demo --quant nf4 --run-name demo-c
+[ -n "$(ls -d "$runs"/*-reviews 2>/dev/null)" ] || train --data resources/datasets/reviews.jsonl \
+    --eval-path resources/datasets/reviews_eval.jsonl --max-steps 35 --run-name reviews
+reviews=$(ls -d "$runs"/*-reviews | head -1)
+[ -d "$reviews/eval" ] || "$studio" evaluate --run "$reviews" --compare-base
+
+demos=("$runs"/*-demo-a "$runs"/*-demo-b "$runs"/*-demo-c)
+.venv/bin/python -m lora_studio.gui.screenshots "$out" --model default --run "${demos[0]}" --compare "${demos[@]}"
+evaluate=$(mktemp -d)
+.venv/bin/python -m lora_studio.gui.screenshots "$evaluate" --model default --run "$reviews"
+cp "$evaluate/evaluate.png" "$out/evaluate.png"
+rm -rf "$evaluate"
+echo "written: $out/*.png (look at them before committing)"

@@ -1,0 +1,71 @@
+"""Data: a user's file, in any of the community formats, turned into what the model trains on.
+
+``files`` reads JSON, JSONL, CSV, Parquet and TXT record by record (with file and line for every
+error); ``formats`` recognises Alpaca, ShareGPT, OpenAI ``messages``, prompt/completion and plain
+text and turns each record into one conversation; ``render`` applies the model's chat template and
+marks which tokens are trained on; ``prepare`` builds the tokenized dataset, its statistics and the
+preview that shows a record exactly as the model will see it. Depends only on the base (``core``).
+"""
+
+from lora_studio.core.data.files import RawRecord, SourceFile, open_source, resolve_paths
+from lora_studio.core.data.formats import (
+    FIELDS,
+    Conversation,
+    DetectionReport,
+    error_dict,
+    load_conversations,
+    scan_conversations,
+)
+from lora_studio.core.data.prepare import (
+    DatasetStats,
+    PreparedDataset,
+    PreviewExample,
+    build_dataset,
+    make_collator,
+    padding_fraction,
+    padding_report,
+    prepare_dataset,
+    preview,
+    preview_conversations,
+    split_conversations,
+)
+from lora_studio.core.data.render import (
+    FALLBACK_CHAT_TEMPLATE,
+    IGNORE,
+    Encoder,
+    Example,
+    TemplateProblem,
+    chat_template_for,
+    template_note,
+)
+
+__all__ = [
+    "FALLBACK_CHAT_TEMPLATE",
+    "FIELDS",
+    "IGNORE",
+    "Conversation",
+    "DatasetStats",
+    "DetectionReport",
+    "Encoder",
+    "Example",
+    "PreparedDataset",
+    "PreviewExample",
+    "RawRecord",
+    "SourceFile",
+    "TemplateProblem",
+    "build_dataset",
+    "chat_template_for",
+    "error_dict",
+    "load_conversations",
+    "make_collator",
+    "open_source",
+    "padding_fraction",
+    "padding_report",
+    "prepare_dataset",
+    "preview",
+    "preview_conversations",
+    "resolve_paths",
+    "scan_conversations",
+    "split_conversations",
+    "template_note",
+]

@@ -1,0 +1,212 @@
+"""The estimate with its verdict and advice: what to change when a run does not fit.
+
+Advice answers the two questions a user has in front of a memory bar: "how far can I push batch
+size and sequence length?" and "which one change gets me under the limit, and by how much?".
+Each candidate change is re-estimated (arithmetic only), so the savings shown are the estimator's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from lora_studio.core.estimate.analytic import estimate_plan
+from lora_studio.core.estimate.request import EstimateRequest, MemoryEstimate, Plan, gb, plan_for
+
+MAX_BATCH = 4096
+
+
+def estimate_memory(req: EstimateRequest) -> MemoryEstimate:
+    """The analytic estimate with verdict and advice (advice only when the device memory is known)."""
+    plan = plan_for(req)
+    estimate = estimate_plan(plan, req.vram_bytes)
+    if estimate.device_bytes is None:
+        return estimate
+    return replace(estimate, advice=advise(req, plan, estimate))
+
+
+def advise(req: EstimateRequest, plan: Plan, estimate: MemoryEstimate) -> list[str]:
+    """The largest batch size and sequence length that fit, and the single changes that help.
+
+    The verdict itself is ``estimate.fits`` (the CLI and the GUI word it themselves).
+    """
+    limit = estimate.device_bytes or 0
+    total = estimate.total_bytes
+
+    def total_for(candidate: Plan) -> int:
+        return estimate_plan(candidate).total_bytes
+
+    lines: list[str] = []
+    batch = _largest(lambda b: total_for(replace(plan, batch_size=b)) <= limit, MAX_BATCH)
+    if batch:
+        lines.append(f"Largest batch size that fits at sequence length {plan.seq_len}: {batch}.")
+    else:
+        lines.append(f"Even batch size 1 does not fit at sequence length {plan.seq_len}.")
+    max_seq = plan.shape.context_length or 131072
+    seq = _largest(lambda s: total_for(replace(plan, seq_len=s)) <= limit, max_seq)
+    if seq:
+        shown = seq if seq < 64 else seq - seq % 64
+        lines.append(f"Longest sequence that fits at batch size {plan.batch_size}: {shown} tokens.")
+    else:
+        lines.append(f"No sequence length fits at batch size {plan.batch_size}.")
+    if total > limit:
+        changes = _single_changes(plan)
+        for text, candidate in changes:
+            new = total_for(candidate)
+            verdict = "fits" if new <= limit else "still too big"
+            lines.append(f"{text}: saves {gb(total - new)} → {gb(new)} ({verdict}).")
+        combined = _all_savers(plan)
+        if combined is not None:
+            new = total_for(combined)
+            if new > limit:
+                lines.append(
+                    "All memory savers together (4-bit, lean preparation, chunked loss, "
+                    f"{'offloaded ' if combined.offload else ''}checkpointing, 8-bit optimizer, batch 1) "
+                    "still need "
+                    f"{gb(new)}" + _smallest_gpu(new)
+                )
+        fsdp = _fsdp_line(estimate_plan(combined or plan).bytes, limit, with_savers=combined is not None)
+        if fsdp:
+            lines.append(fsdp)
+    return lines
+
+
+#: What FSDP shards across GPUs; activations, logits and overheads stay whole on each GPU.
+_SHARDED = ("weights_quantized", "weights_unquantized", "lora_weights", "gradients", "optimizer")
+
+
+def _fsdp_line(parts: dict[str, int], limit: int, *, with_savers: bool) -> str | None:
+    """When one GPU is too small: the fewest GPUs of this size that fit with FSDP, if any do."""
+    if limit <= 0:
+        return None
+    sharded = sum(parts.get(key, 0) for key in _SHARDED)
+    whole = parts["total"] - sharded
+    for gpus in (2, 3, 4, 6, 8, 16, 32, 64):
+        per_gpu = whole + sharded // gpus
+        if per_gpu <= limit:
+            savers = " with all memory savers" if with_savers else ""
+            return (
+                f"With FSDP over {gpus} GPUs of this size{savers} (each holds 1/{gpus} of the weights, "
+                f"gradients and optimizer state): about {gb(per_gpu)} per GPU — see docs/multi-gpu.md."
+            )
+    return None
+
+
+def _all_savers(plan: Plan) -> Plan | None:
+    """Every saver at once, or None when the plan already uses them all."""
+    combined = replace(
+        plan,
+        quantization="nf4" if plan.quantization in ("none", "int8") else plan.quantization,
+        double_quant=True,
+        gradient_checkpointing=True,
+        checkpoint_offload=plan.device == "cuda",
+        lean_kbit_prep=True,
+        chunked_loss=True,
+        optimizer="paged_adamw_8bit",
+        batch_size=1,
+    )
+    return None if combined == plan else combined
+
+
+def _smallest_gpu(needed: int) -> str:
+    from lora_studio.core.estimate.catalog import load_gpu_catalog
+
+    fitting = sorted(
+        (g for g in load_gpu_catalog() if g.memory_bytes >= needed), key=lambda g: g.memory_bytes
+    )
+    if not fitting:
+        return "; no single GPU in the catalog has that much — consider several GPUs (docs/multi-gpu.md)."
+    return f"; the smallest catalog GPU with that much memory is the {fitting[0].name} ({fitting[0].memory_gib:g} GB)."
+
+
+def _single_changes(plan: Plan) -> list[tuple[str, Plan]]:
+    changes: list[tuple[str, Plan]] = []
+    if plan.quantization in ("none", "int8"):
+        changes.append(
+            (
+                "Quantize to 4-bit (--quant nf4 --double-quant)",
+                replace(plan, quantization="nf4", double_quant=True),
+            )
+        )
+    elif not plan.double_quant:
+        changes.append(("Add double quantization (--double-quant)", replace(plan, double_quant=True)))
+    changes += _saver_changes(plan)
+    if plan.optimizer in ("adamw_torch", "paged_adamw_32bit"):
+        changes.append(
+            (
+                "Use an 8-bit optimizer (--optimizer paged_adamw_8bit)",
+                replace(plan, optimizer="paged_adamw_8bit"),
+            )
+        )
+    if plan.lora_r > 4:
+        r = max(4, plan.lora_r // 2)
+        changes.append((f"Halve the LoRA rank (--lora-r {r})", replace(plan, lora_r=r)))
+    if plan.batch_size > 1:
+        accum = plan.grad_accum * plan.batch_size
+        changes.append(
+            (
+                f"Batch size 1 with gradient accumulation {accum} (same effective batch)",
+                replace(plan, batch_size=1),
+            )
+        )
+    if plan.seq_len > 128:
+        changes.append(
+            (
+                f"Halve the sequence length (--seq-len {plan.seq_len // 2})",
+                replace(plan, seq_len=plan.seq_len // 2),
+            )
+        )
+    return changes
+
+
+def _saver_changes(plan: Plan) -> list[tuple[str, Plan]]:
+    """The exact memory savers that are off: lean k-bit preparation, chunked loss, checkpointing, offload."""
+    changes: list[tuple[str, Plan]] = []
+    if plan.upcast:
+        changes.append(
+            (
+                f"Keep embeddings and lm_head in {plan.dtype_name} (lean k-bit preparation, "
+                "model.lean_kbit_prep)",
+                replace(plan, lean_kbit_prep=True),
+            )
+        )
+    if not plan.chunked_loss:
+        changes.append(
+            (
+                "Compute the loss in chunks (training.chunked_loss)",
+                replace(plan, chunked_loss=True),
+            )
+        )
+    if not plan.gradient_checkpointing:
+        changes.append(
+            (
+                "Turn on gradient checkpointing (--grad-checkpointing)",
+                replace(plan, gradient_checkpointing=True),
+            )
+        )
+    offloaded = replace(plan, gradient_checkpointing=True, checkpoint_offload=True)
+    if offloaded.offload and not plan.offload:
+        what = (
+            "Offload checkpointed activations to CPU memory"
+            if plan.gradient_checkpointing
+            else ("Turn on offloaded gradient checkpointing")
+        )
+        changes.append((f"{what} (training.checkpoint_offload; --offload)", offloaded))
+    return changes
+
+
+def _largest(ok: Callable[[int], bool], upper: int) -> int:
+    """The largest n in [1, upper] with ok(n) true, assuming ok is monotone (0 if none)."""
+    if not ok(1):
+        return 0
+    low, high = 1, 2
+    while high <= upper and ok(high):
+        low, high = high, high * 2
+    high = min(high, upper + 1)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if ok(mid):
+            low = mid
+        else:
+            high = mid
+    return low

@@ -1,0 +1,252 @@
+"""How much GPU memory a LoRA/QLoRA run needs, before anything is loaded: the arithmetic of a plan.
+
+The estimate mirrors the engine's real choices (``core/models.load_model`` quantization,
+``prepare_model_for_kbit_training``, peft fp32 adapters, the Trainer's optimizers, sdpa, the
+causal-LM loss with its fp32 upcast). Parameter counts and weight bytes are exact (tested against
+loaded models); activations follow an enumeration of the tensors autograd saves, checked against
+precise mode (``core/estimate/precise.py``) and measured saved tensors (``bench/estimate_accuracy.py``).
+After the first call for a model (which builds it on the meta device) an estimate is arithmetic,
+so the GUI can recompute on every edit. Formulas and sources: ``docs/memory.md``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from lora_studio.core.estimate.explain import explain
+from lora_studio.core.estimate.model import Module
+from lora_studio.core.estimate.request import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES, MemoryEstimate, Plan
+from lora_studio.core.estimate.terms import (
+    dora_forward_temp_bytes,
+    dora_weight_copies,
+    layer_backward_temp_bytes,
+    layer_saved_per_token,
+    logits_peak_bytes,
+    lora_tensor_sizes,
+    optimizer_bytes,
+    optimizer_step_temp_bytes,
+    outside_saved_bytes,
+    quantized_weight_bytes,
+    unquantized_weight_bytes,
+)
+from lora_studio.core.train import loss_chunk_tokens
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+
+def estimate_plan(plan: Plan, device_bytes: int | None = None) -> MemoryEstimate:
+    """The estimate for an already-resolved plan, without advice (used by the advice search)."""
+    return _estimate(plan, device_bytes)
+
+
+def _estimate(plan: Plan, device_bytes: int | None) -> MemoryEstimate:
+    shape = plan.shape
+    quantized_n = 0 if plan.quantization == "none" else shape.quantizable_params
+    sizes = lora_tensor_sizes(plan.lora, plan.lora_r, plan.use_dora)
+    trainable = sum(sizes)
+    weights_q = quantized_weight_bytes(shape.modules, plan.quantization, plan.double_quant)
+    weights_u = unquantized_weight_bytes(shape, plan.quantization, plan.compute_bytes, prepared=plan.upcast)
+    weights_loaded = weights_q + unquantized_weight_bytes(
+        shape, plan.quantization, plan.compute_bytes, prepared=False
+    )
+    lora_bytes = 4 * trainable
+    grads = 4 * trainable
+    optim = optimizer_bytes(sizes, plan.optimizer)
+
+    activations, logits, temporaries, per_layer = _activation_terms(plan, grads=grads, trainable=trainable)
+    tensors = weights_q + weights_u + lora_bytes + grads + optim + activations + logits + temporaries
+    overhead = CUDA_CONTEXT_BYTES + round(ALLOCATOR_SLACK * tensors) if plan.device == "cuda" else 0
+    total = tensors + overhead
+    parameters = {
+        "total": shape.total_params,
+        "quantized": quantized_n,
+        "unquantized": shape.total_params - quantized_n,
+        "trainable": trainable,
+    }
+    sizes_out = {
+        "weights_quantized": weights_q,
+        "weights_unquantized": weights_u,
+        "lora_weights": lora_bytes,
+        "gradients": grads,
+        "optimizer": optim,
+        "activations": activations,
+        "logits": logits,
+        "temporaries": temporaries,
+        "overhead": overhead,
+        "total": total,
+    }
+    return MemoryEstimate(
+        parameters=parameters,
+        bytes=sizes_out,
+        device_bytes=device_bytes,
+        fits=None if device_bytes is None else total <= device_bytes,
+        advice=[],
+        explanations=explain(plan, per_layer_token=per_layer, masked=_masked(plan)),
+        model=shape.name,
+        dtype=plan.dtype_name,
+        device=plan.device,
+        notes=_notes(plan),
+        details={
+            "weights_as_loaded": weights_loaded,
+            "activations_per_token_per_layer": per_layer,
+            "logits_per_token": logits // plan.tokens,
+            "tokens": plan.tokens,
+        },
+    )
+
+
+def _masked(plan: Plan) -> bool:
+    """Whether transformers builds an attention mask: padded batches, packing, long sliding windows."""
+    window = plan.shape.sliding_window
+    return plan.batch_size > 1 or plan.packing or bool(window and plan.seq_len > window)
+
+
+def _activation_terms(plan: Plan, *, grads: int, trainable: int) -> tuple[int, int, int, int]:
+    """(activations, logits, temporaries, saved bytes per token of the largest layer).
+
+    A step's peak is the largest of four moments, all on top of the static bytes: the loss (saved
+    activations + logits), the start of the last layer's backward (+ its recomputation under
+    checkpointing + gradient buffers), DoRA's weight-sized forward work (under checkpointing it
+    reruns in a layer's recomputation, with the gradients already there), and the optimizer step.
+    ``temporaries`` is what the largest moment needs beyond the loss phase, so the parts add up
+    to the total.
+    """
+    shape = plan.shape
+    tokens, stream = plan.tokens, plan.stream_bytes
+    masked = _masked(plan)
+    eager = shape.attention == "eager"
+    needs_mask = masked or eager
+    mask_kinds = (1 if needs_mask else 0) + (1 if shape.sliding_window and needs_mask else 0)
+    mask_bytes = stream if eager else 1  # eager adds a float mask; sdpa takes a boolean one
+    masks = mask_kinds * mask_bytes * plan.batch_size * plan.seq_len**2
+    per_layer = _per_layer_tokens(plan, masked=masked)
+    outside = outside_saved_bytes(shape, tokens=tokens, seq_len=plan.seq_len, stream=stream, masks=masks)
+    dora_copies = _dora_copies(plan, plan.lora)
+    head_bytes = 4 if plan.compute_bytes == 4 or plan.upcast else 2
+    loss_tokens = min(tokens, loss_chunk_tokens(shape.vocab)) if plan.chunked_loss else tokens
+    logits = logits_peak_bytes(
+        shape, tokens=loss_tokens, head_bytes=head_bytes, softcap=not plan.chunked_loss
+    )
+    if plan.chunked_loss:
+        outside += tokens * shape.hidden * stream  # the final hidden states, input of every loss chunk
+    layer_temp = layer_backward_temp_bytes(shape, tokens=tokens)
+    if plan.gradient_checkpointing:
+        # each layer keeps only its input; bitsandbytes' int8 matmul also keeps its own input as a
+        # ctx attribute, outside autograd's saved tensors, so checkpointing cannot drop it
+        kept = 0 if plan.offload else shape.hidden
+        if plan.quantization == "int8":
+            kept += sum(width for _, width, _ in shape.layer.groups)
+        activations = shape.layers * tokens * stream * kept + (masks if plan.offload else outside)
+        recompute = max(per_layer) * tokens + dora_copies // max(shape.layers, 1)
+        layer_phase = activations + recompute + layer_temp + grads
+    else:
+        activations = sum(per_layer) * tokens + outside + dora_copies - _first_layer_discount(plan)
+        recompute = 0
+        layer_phase = activations + layer_temp + grads
+    loss_phase = activations + logits + grads
+    step_phase = grads + optimizer_step_temp_bytes(trainable, plan.optimizer)
+    dora_phase = 0
+    if plan.use_dora:  # under checkpointing DoRA's work reruns in the backward's recomputation
+        dora_phase = activations + _dora_forward_temp(plan)
+        if plan.gradient_checkpointing:
+            dora_phase += recompute + grads
+    temporaries = max(0, max(layer_phase, step_phase, dora_phase) - loss_phase)
+    return activations, logits, temporaries, max(per_layer, default=0)
+
+
+def _dora_copies(plan: Plan, modules: Iterable[Module]) -> int:
+    """DoRA's weight copies kept for backward, for these modules (0 without DoRA)."""
+    if not plan.use_dora:
+        return 0
+    return dora_weight_copies(
+        modules, dropout=plan.lora_dropout > 0, base_fp32=_base_fp32(plan), autocast=plan.autocast
+    )
+
+
+def _dora_forward_temp(plan: Plan) -> int:
+    return dora_forward_temp_bytes(
+        plan.lora,
+        dropout=plan.lora_dropout > 0,
+        base_fp32=_base_fp32(plan),
+        autocast=plan.autocast,
+    )
+
+
+def _base_fp32(plan: Plan) -> bool:
+    """Whether the adapted weights are fp32 as stored (DoRA's ``.to(float32)`` copies nothing)."""
+    return plan.quantization == "none" and plan.compute_bytes == 4
+
+
+def _first_layer_discount(plan: Plan) -> int:
+    """Without checkpointing nothing upstream of the first layer needs a gradient, so its first norm
+    and its attention inputs' dropout masks (and int8 inputs) are not saved, nor DoRA's weight
+    copies for those inputs: the matmul that reads a copy keeps it only for its input's gradient."""
+    shape = plan.shape
+    discount = 4 * shape.hidden + 4
+    first_modules = [m for m in plan.lora if ".layers.0." in f".{m.name}"]
+    first = {m.leaf for m in first_modules}
+    copies = 0
+    for key, width, leaves in shape.layer.groups:
+        if key != "attn_in":
+            continue
+        adapters = sum(1 for leaf in leaves if leaf in first)
+        copies += _dora_copies(plan, [m for m in first_modules if m.leaf in leaves])
+        if plan.lora_dropout > 0:
+            discount += adapters * width  # the 1-byte dropout masks
+        if plan.quantization == "int8" and not (
+            adapters and plan.stream_bytes == 4 and plan.lora_dropout == 0
+        ):
+            discount += plan.stream_bytes * width
+    return discount * plan.tokens + copies
+
+
+@lru_cache(maxsize=4096)
+def _layer_index(name: str) -> int | None:
+    """The decoder layer a module belongs to (cached: the fit advice re-estimates ~30 times per edit)."""
+    parts = name.split(".")
+    return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
+
+
+def _per_layer_tokens(plan: Plan, *, masked: bool) -> list[int]:
+    """Saved bytes per token for each decoder layer (layers differ only if targets name layers)."""
+    shape = plan.shape
+    targeted_by_layer: dict[int, set[str]] = {}
+    for module in plan.lora:
+        index = _layer_index(module.name)
+        if index is not None:
+            targeted_by_layer.setdefault(index, set()).add(module.leaf)
+    cache: dict[frozenset[str], int] = {}
+    out = []
+    for index in range(shape.layers):
+        targeted = frozenset(targeted_by_layer.get(index, set()))
+        if targeted not in cache:
+            cache[targeted] = layer_saved_per_token(
+                shape,
+                set(targeted),
+                stream=plan.stream_bytes,
+                r=plan.lora_r,
+                dropout=plan.lora_dropout > 0,
+                use_dora=plan.use_dora,
+                masked=masked,
+                int8=plan.quantization == "int8",
+                seq_len=plan.seq_len,
+                autocast=plan.autocast,
+            )
+        out.append(cache[targeted])
+    return out
+
+
+def _notes(plan: Plan) -> list[str]:
+    notes = []
+    if not plan.shape.layer.recognised:
+        notes.append(
+            f"{plan.shape.model_type}: decoder layers not of the llama/qwen/gemma/phi3 shape; activations "
+            "are approximate (use --precise to simulate)"
+        )
+    if plan.optimizer.startswith("paged"):
+        notes.append(
+            "paged optimizer states are counted on the GPU; under pressure they can move to CPU memory"
+        )
+    return notes

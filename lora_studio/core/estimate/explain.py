@@ -1,0 +1,77 @@
+"""One line per memory component saying what it is made of, for the GUI's bar and ``estimate --explain``."""
+
+from __future__ import annotations
+
+from lora_studio.core.estimate.request import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES, Plan, gb
+from lora_studio.core.train import loss_chunk_tokens
+
+
+def explain(plan: Plan, *, per_layer_token: int, masked: bool) -> dict[str, str]:
+    """One line per component saying what it is made of."""
+    shape = plan.shape
+    quant = plan.quantization
+    if quant in ("nf4", "fp4"):
+        scales = (
+            "absmax per 64 weights stored in 8 bits, with a fp32 scale per 256 blocks (double quant)"
+            if plan.double_quant
+            else "one fp32 absmax per 64 weights"
+        )
+        weights_q = f"{quant}: 4 bits per weight + {scales}, for every Linear layer except lm_head"
+    elif quant == "int8":
+        weights_q = (
+            "LLM.int8: 1 byte per weight + one fp32 scale per output row, every Linear layer except lm_head"
+        )
+    else:
+        weights_q = "no quantization: every weight is in the next line"
+    if plan.upcast:
+        kept = "embeddings, norms, lm_head and biases upcast to fp32 by prepare_model_for_kbit_training"
+    elif quant != "none":
+        kept = f"embeddings, norms, lm_head and biases in {plan.dtype_name} (lean k-bit preparation)"
+    else:
+        kept = f"all weights in {plan.dtype_name}"
+    targets = plan.targets if isinstance(plan.targets, str) else ", ".join(plan.targets)
+    optimizer = {
+        "adamw_torch": "AdamW: two fp32 moments, 8 bytes per trainable parameter",
+        "paged_adamw_32bit": "paged AdamW 32-bit: 8 bytes per trainable parameter, pageable to CPU memory",
+        "adamw_bnb_8bit": "8-bit AdamW: 2 bytes per parameter + fp32 scale per 256 (tensors < 4096 stay 32-bit)",
+        "paged_adamw_8bit": "paged 8-bit AdamW: ~2 bytes per parameter, pageable to CPU memory",
+    }[plan.optimizer]
+    attention = shape.attention + (", padded batch: mask + key/value heads repeated" if masked else "")
+    lora_inputs = "16-bit LoRA inputs under autocast" if plan.autocast else "fp32 LoRA inputs"
+    if plan.gradient_checkpointing:
+        where = "in CPU memory (offloaded)" if plan.offload else f"{plan.stream_bytes} B × hidden per token"
+        activations = (
+            f"gradient checkpointing: each layer keeps only its input ({where}); "
+            f"without it {per_layer_token / 1024:.1f} KiB per token per layer"
+        )
+    else:
+        activations = (
+            f"{per_layer_token / 1024:.1f} KiB per token per layer saved for backward × {shape.layers} layers × "
+            f"{plan.tokens} tokens ({attention}; {lora_inputs})"
+        )
+    overhead = (
+        f"CUDA context {gb(CUDA_CONTEXT_BYTES)} + {ALLOCATOR_SLACK:.0%} allocator slack"
+        if plan.device == "cuda"
+        else "none on CPU"
+    )
+    return {
+        "weights_quantized": weights_q,
+        "weights_unquantized": kept,
+        "lora_weights": f"r={plan.lora_r} adapters on {len(plan.lora)} layers ({targets}), fp32 as peft keeps them"
+        + (" + DoRA magnitudes" if plan.use_dora else ""),
+        "gradients": "one fp32 gradient per trainable parameter",
+        "optimizer": optimizer,
+        "activations": activations,
+        "logits": (
+            f"chunked loss, {min(plan.tokens, loss_chunk_tokens(shape.vocab))} of {plan.tokens} tokens per chunk"
+            if plan.chunked_loss
+            else f"{plan.tokens} tokens"
+        )
+        + f" × {shape.vocab} vocab: logits + fp32 copy + log-softmax, then two fp32 gradients in backward",
+        "temporaries": "backward buffers of the last layer"
+        + (" (recomputed by checkpointing)" if plan.gradient_checkpointing else "")
+        + (" and DoRA's weight-sized work" if plan.use_dora else "")
+        + ", beyond what the loss phase already holds",
+        "overhead": overhead,
+        "total": "sum of the above: the peak of a training step",
+    }

@@ -1,0 +1,217 @@
+"""Fake tensors and a CUDA mirror for precise mode: what lets a CPU simulate a GPU training step.
+
+- ``materialise`` gives a meta-device model fake parameters, quantized through bitsandbytes'
+  registered fake kernels (``Params4bit``/``Int8Params`` cannot wrap a fake tensor).
+- ``cached_code_books`` serves bitsandbytes' 8-bit code books, which it builds with ``.item()``.
+- ``cuda_kernels`` makes CPU (and fake) runs keep what CUDA keeps for backward.
+- ``new_tracker`` is torch's ``MemTracker`` adapted to LoRA models and a chunked loss.
+
+Every patch is scoped to a context manager and undone on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lora_studio.core.estimate.request import Plan
+
+
+def materialise(model: Any, plan: Plan) -> list[Any]:
+    """Replace every meta parameter/buffer with a fake tensor; quantize through bitsandbytes' fake kernels.
+
+    ``Params4bit``/``Int8Params`` cannot wrap a fake tensor, so the quantized data goes into a plain
+    frozen Parameter carrying the quant state exactly where the bnb layers read it. Returns the
+    quant-state tensors, which the tracker must be told about.
+    """
+    import torch
+    from bitsandbytes import functional as bnb_functional
+    from bitsandbytes.nn import Int8Params, Params4bit
+
+    extra: list[Any] = []
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) in memo:
+                module._parameters[name] = memo[id(param)]
+                continue
+            if isinstance(param, Params4bit):
+                weight = torch.empty((module.out_features, module.in_features), dtype=plan.torch_dtype)
+                data, state = bnb_functional.quantize_4bit(
+                    weight,
+                    blocksize=param.blocksize,
+                    compress_statistics=param.compress_statistics,
+                    quant_type=param.quant_type,
+                    quant_storage=param.quant_storage,
+                )
+                new = torch.nn.Parameter(data, requires_grad=False)
+                new.quant_state = state
+                module.quant_state = state
+                nested = state.state2
+                extra += [state.absmax, state.code]
+                if nested is not None:
+                    extra += [state.offset, nested.absmax, nested.code]
+            elif isinstance(param, Int8Params):
+                weight = torch.empty(param.shape, dtype=torch.float16)
+                cb, scb, _ = bnb_functional.int8_vectorwise_quant(weight)
+                new = torch.nn.Parameter(cb, requires_grad=False)
+                new.CB, new.SCB = cb, scb
+                module.state.CB, module.state.SCB = cb, scb
+                extra.append(scb)
+            else:
+                new = torch.nn.Parameter(
+                    torch.empty(param.shape, dtype=param.dtype), requires_grad=param.requires_grad
+                )
+            memo[id(param)] = new
+            module._parameters[name] = new
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None:
+                module._buffers[name] = torch.ones(buffer.shape, dtype=buffer.dtype)
+    return [t for t in extra if isinstance(t, torch.Tensor)]
+
+
+@contextlib.contextmanager
+def cached_code_books() -> Iterator[None]:
+    """bitsandbytes builds its 8-bit code book with ``.item()``, impossible on fake tensors.
+
+    Compute the maps once for real and serve copies while simulating; restore afterwards.
+    """
+    from lora_studio.core.models import import_bitsandbytes
+
+    import_bitsandbytes()
+    from bitsandbytes import functional as bnb_functional
+
+    original = bnb_functional.create_dynamic_map
+    cache: dict[tuple[Any, ...], Any] = {}
+
+    def cached(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> Any:
+        key = (signed, max_exponent_bits, total_bits)
+        if key not in cache:
+            cache[key] = original(signed, max_exponent_bits, total_bits)
+        return cache[key].clone()
+
+    cached(True)
+    cached(False)
+    had_dynamic = "dynamic" in bnb_functional.name2qmap
+    bnb_functional.name2qmap.setdefault("dynamic", cached(True))
+    bnb_functional.create_dynamic_map = cached
+    try:
+        yield
+    finally:
+        bnb_functional.create_dynamic_map = original
+        if not had_dynamic:
+            bnb_functional.name2qmap.pop("dynamic", None)
+
+
+@contextlib.contextmanager
+def cuda_kernels(*, packing: bool = False) -> Iterator[None]:
+    """Make CPU (and fake) runs keep what a CUDA run keeps for backward.
+
+    - Dropout: CUDA uses the fused ``native_dropout`` (saves a 1-byte mask); CPU's fallback saves a
+      mask in the input's dtype. Route training dropout through ``native_dropout``.
+    - Attention masks: transformers treats a fake tensor as "tracing" and then builds a full 4D mask
+      from the position ids (as for packed sequences), which also makes it repeat the key/value
+      heads. A real run without packing builds no mask, so report "no packed sequences".
+    - LLM.int8: bitsandbytes trains with ``MatMul8bitLt`` on CUDA but ``MatMul8bitFp`` on CPU;
+      use the CUDA one.
+    """
+    import torch
+    from transformers import masking_utils
+
+    from lora_studio.core.models import import_bitsandbytes
+
+    bnb = import_bitsandbytes()
+    from bitsandbytes.autograd import _functions as bnb_autograd
+
+    original_matmul = bnb.matmul
+
+    def matmul(
+        A: Any, B: Any, out: Any = None, state: Any = None, threshold: float = 0.0, bias: Any = None
+    ) -> Any:
+        state = state or bnb_autograd.MatmulLtState()
+        if threshold > 0.0:
+            state.threshold = threshold
+        return bnb_autograd.MatMul8bitLt.apply(A, B, out, bias, state)
+
+    original_dropout = torch.nn.functional.dropout
+    original_packed = masking_utils.find_packed_sequence_indices
+
+    def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+        if training and 0.0 < p < 1.0 and not inplace:
+            return torch.native_dropout(input, p, True)[0]
+        return original_dropout(input, p, training, inplace)
+
+    torch.nn.functional.dropout = dropout
+    bnb.matmul = matmul
+    if not packing:
+        masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        torch.nn.functional.dropout = original_dropout
+        bnb.matmul = original_matmul
+        masking_utils.find_packed_sequence_indices = original_packed
+
+
+def _tracker_class() -> type:
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    class Tracker(MemTracker):
+        """MemTracker that hooks gradients only of trainable parameters, and allows repeated calls.
+
+        torch 2.13's tracker registers a grad hook on *every* parameter, which raises for the
+        frozen base weights of a LoRA model.
+        """
+
+        def _track_module_params_and_buffers(
+            self, module: Any, install_grad_hooks: bool = True
+        ) -> tuple[int, int]:
+            result = super()._track_module_params_and_buffers(module, install_grad_hooks=False)
+            if install_grad_hooks:
+                for param in module.parameters():
+                    if param.requires_grad and self._param_to_grad_hook_handles.get(param) is None:
+                        hook = param.register_post_accumulate_grad_hook(self._track_grad)
+                        self._param_to_grad_hook_handles[param] = (hook, hook)
+            return result
+
+        def _pre_fw_hook(self, module: Any, inputs: Any) -> None:
+            # The chunked loss calls the output head once per chunk at top level, which the tracker
+            # reads as a second iteration; forget that module's own statistics (the totals we
+            # report are global) and track the call afresh.
+            try:
+                super()._pre_fw_hook(module, inputs)
+            except NotImplementedError:
+                self.memory_tracking.pop(module, None)
+                super()._pre_fw_hook(module, inputs)
+
+        def _update_peak_stats(self, peak_state: Any) -> None:
+            # Only the global peak is reported. The base class also refreshes every tracked
+            # module's own peak on every op, walking all modules each time: that was most of
+            # the simulation's time for full-size widths.
+            from copy import deepcopy
+
+            from torch.distributed._tools.mem_tracker import _TOTAL_KEY
+
+            for dev, snap in self._curr_mem_snap.items():
+                if self._peak_mem.get(dev, 0) < snap[_TOTAL_KEY]:
+                    self._peak_mem[dev] = snap[_TOTAL_KEY]
+                    self._peak_mem_snap[dev] = deepcopy(snap)
+
+        def _track_grad(self, param: Any) -> None:
+            self._update_and_maybe_create_winfos(param.grad, _grad_type())
+
+    return Tracker
+
+
+def _grad_type() -> Any:
+    from torch.distributed._tools.mem_tracker import _MemRefType
+
+    return _MemRefType.GRAD
+
+
+def new_tracker() -> Any:
+    return _tracker_class()()

@@ -1,0 +1,250 @@
+"""What an estimate is asked and what it answers: the request, the resolved plan, the result.
+
+``EstimateRequest`` holds everything that decides training memory (its defaults are ``RunConfig``'s);
+``plan_for`` validates it and resolves what the engine would do (dtype, LoRA modules) into a
+``Plan``, which the arithmetic (``analytic``), the words (``explain``, ``advice``) and precise mode
+all read. Kept apart from the arithmetic so that each of those imports it, and none each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from lora_studio.core.config import default
+from lora_studio.core.errors import ConfigError
+from lora_studio.core.estimate.model import ModelShape, Module, lora_modules, model_shape
+
+if TYPE_CHECKING:
+    import torch
+
+    from lora_studio.core.config import RunConfig
+
+GIB = 2**30
+#: CUDA context + cuBLAS handles/workspaces: 0.3-1.3 GB depending on driver and lazy module
+#: loading (transformers' "model memory anatomy" measured 1.34 GB with eager loading).
+CUDA_CONTEXT_BYTES = 600 * 2**20
+#: The caching allocator's rounding and fragmentation, as a fraction of the tensors' peak.
+ALLOCATOR_SLACK = 0.05
+
+QUANTIZATIONS = ("none", "int8", "nf4", "fp4")
+COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+DEVICES = ("cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class EstimateRequest:
+    """Everything that decides training memory; every default is ``RunConfig``'s (``config.default``)."""
+
+    model: str
+    quantization: str = default("model.quantization")
+    double_quant: bool = default("model.double_quant")
+    compute_dtype: str = default("model.compute_dtype")
+    lora_r: int = default("lora.r")
+    targets: str | list[str] = default("lora.target_modules")  # noqa: RUF009 - a str, never mutated
+    use_dora: bool = default("lora.use_dora")
+    batch_size: int = default("training.batch_size")
+    seq_len: int = default("data.max_seq_len")
+    grad_accum: int = default("training.grad_accum")
+    optimizer: str = default("training.optimizer")
+    gradient_checkpointing: bool = default("training.gradient_checkpointing")
+    packing: bool = default("data.packing")
+    device: str = "cuda"
+    vram_bytes: int | None = None
+    lora_dropout: float = default("lora.dropout")
+    gpu: str | None = None
+    trust_remote_code: bool = default("model.trust_remote_code")
+    lean_kbit_prep: bool = default("model.lean_kbit_prep")
+    chunked_loss: bool = default("training.chunked_loss")
+    checkpoint_offload: bool = default("training.checkpoint_offload")
+
+    @classmethod
+    def from_config(cls, config: RunConfig, *, device: str, vram_bytes: int | None) -> EstimateRequest:
+        """The request for a run configuration, as the engine would train it on ``device``."""
+        return cls(
+            model=config.model.source,
+            quantization=config.model.quantization,
+            double_quant=config.model.double_quant,
+            compute_dtype=config.model.compute_dtype,
+            lora_r=config.lora.r,
+            targets=config.lora.target_modules,
+            use_dora=config.lora.use_dora,
+            batch_size=config.training.batch_size,
+            seq_len=config.data.max_seq_len,
+            grad_accum=config.training.grad_accum,
+            optimizer=config.training.optimizer,
+            gradient_checkpointing=config.training.gradient_checkpointing,
+            packing=config.data.packing,
+            device=device,
+            vram_bytes=vram_bytes,
+            lora_dropout=config.lora.dropout,
+            trust_remote_code=config.model.trust_remote_code,
+            lean_kbit_prep=config.model.lean_kbit_prep,
+            chunked_loss=config.training.chunked_loss,
+            checkpoint_offload=config.training.checkpoint_offload,
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request with the engine's choices resolved (dtype, LoRA modules, stream dtype)."""
+
+    shape: ModelShape
+    quantization: str
+    double_quant: bool
+    dtype_name: str
+    compute_bytes: int
+    lora_r: int
+    targets: str | list[str]
+    lora: tuple[Module, ...]
+    use_dora: bool
+    lora_dropout: float
+    batch_size: int
+    seq_len: int
+    grad_accum: int
+    optimizer: str
+    gradient_checkpointing: bool
+    packing: bool
+    device: str
+    lean_kbit_prep: bool = True
+    chunked_loss: bool = True
+    checkpoint_offload: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def upcast(self) -> bool:
+        """peft's ``prepare_model_for_kbit_training`` (not the engine's lean variant) casts every
+        non-quantized 16-bit weight of a quantized model to fp32."""
+        return self.quantization != "none" and not self.lean_kbit_prep
+
+    @property
+    def stream_bytes(self) -> int:
+        """The residual stream: fp32 when computing in fp32 or after peft's fp32 upcast, else 16-bit."""
+        return 4 if self.compute_bytes == 4 or self.upcast else 2
+
+    @property
+    def autocast(self) -> bool:
+        """The Trainer runs ``model.forward`` under bf16/fp16 autocast on CUDA, and the engine's
+        chunked loss runs the decoder and the head under the same autocast (``accelerator.autocast``):
+        matmul inputs are saved as 16-bit copies instead of peft's fp32 adapter inputs."""
+        return self.device == "cuda" and self.compute_bytes == 2
+
+    @property
+    def offload(self) -> bool:
+        return self.checkpoint_offload and self.gradient_checkpointing and self.device == "cuda"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.dtype_name]
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """The estimate: parameter counts, bytes per component, the verdict and advice."""
+
+    parameters: dict[str, int]
+    bytes: dict[str, int]
+    device_bytes: int | None
+    fits: bool | None
+    advice: list[str]
+    explanations: dict[str, str] = field(default_factory=dict)
+    model: str = ""
+    dtype: str = ""
+    device: str = "cuda"
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.bytes["total"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` shape of issue 5 (extra keys: explanations, model, dtype, device, notes, details)."""
+        return {
+            "parameters": dict(self.parameters),
+            "bytes": dict(self.bytes),
+            "device_bytes": self.device_bytes,
+            "fits": self.fits,
+            "advice": list(self.advice),
+            "explanations": dict(self.explanations),
+            "model": self.model,
+            "dtype": self.dtype,
+            "device": self.device,
+            "notes": list(self.notes),
+            "details": dict(self.details),
+        }
+
+
+def _choice(field_name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError({field_name: f"must be one of {', '.join(choices)}, not {value!r}"})
+
+
+def plan_for(req: EstimateRequest) -> Plan:
+    """Validate a request and resolve what the engine would do (raises ConfigError / ModelSourceError)."""
+    _choice("quantization", req.quantization, QUANTIZATIONS)
+    _choice("compute_dtype", req.compute_dtype, COMPUTE_DTYPES)
+    _choice("optimizer", req.optimizer, OPTIMIZERS)
+    if req.device.startswith("cuda:"):  # a device index does not change the estimate
+        req = replace(req, device="cuda")
+    _choice("device", req.device, DEVICES)
+    problems = {}
+    for name in ("lora_r", "batch_size", "seq_len", "grad_accum"):
+        if int(getattr(req, name)) < 1:
+            problems[name] = "must be at least 1"
+    if req.double_quant and req.quantization not in ("nf4", "fp4"):
+        problems["double_quant"] = "only applies to 4-bit quantization (nf4 or fp4)"
+    if not 0.0 <= req.lora_dropout < 1.0:
+        problems["lora_dropout"] = "must be in [0, 1)"
+    if req.vram_bytes is not None and req.vram_bytes <= 0:
+        problems["vram"] = "must be a positive amount of memory"
+    if problems:
+        raise ConfigError(problems)
+    shape = model_shape(req.model, trust_remote_code=req.trust_remote_code)
+    dtype_name = _dtype_name(req)
+    return Plan(
+        shape=shape,
+        quantization=req.quantization,
+        double_quant=req.double_quant,
+        dtype_name=dtype_name,
+        compute_bytes=4 if dtype_name == "fp32" else 2,
+        lora_r=req.lora_r,
+        targets=req.targets,
+        lora=tuple(lora_modules(shape, req.targets)),
+        use_dora=req.use_dora,
+        lora_dropout=req.lora_dropout,
+        batch_size=req.batch_size,
+        seq_len=req.seq_len,
+        grad_accum=req.grad_accum,
+        optimizer=req.optimizer,
+        gradient_checkpointing=req.gradient_checkpointing,
+        packing=req.packing,
+        device=req.device,
+        lean_kbit_prep=req.lean_kbit_prep,
+        chunked_loss=req.chunked_loss,
+        checkpoint_offload=req.checkpoint_offload,
+    )
+
+
+def _dtype_name(req: EstimateRequest) -> str:
+    """``pick_dtype`` without touching CUDA: auto → bf16 on GPUs (fp16 on pre-Ampere cards), fp32 on CPU."""
+    if req.compute_dtype != "auto":
+        return req.compute_dtype
+    if req.device == "cpu":
+        return "fp32"
+    if req.gpu:
+        from lora_studio.core.estimate.catalog import find_gpu
+
+        return "bf16" if find_gpu(req.gpu).bf16 else "fp16"
+    return "bf16"
+
+
+def gb(value: int) -> str:
+    """Bytes as GB (2^30, as GPU specs and nvidia-smi count) with two decimals."""
+    return f"{value / GIB:.2f} GB"
