@@ -9,9 +9,10 @@ written, counting from 1) and ``low_disk`` (free space reported as a tenth of wh
 needs). Chat understands ``generate_error@N`` (the N-th answer of one loaded model fails inside
 ``generate``). ``write_pause@N:S`` holds the N-th file or folder written by this process (``@0``:
 every one) for S seconds after its content is on disk and before it is renamed into place — the
-moment a kill tests that saves are atomic (the seam is ``core/atomic.pause_before_rename``). ``step_pause@N:S`` holds the run for S seconds once step
-N's metrics line is on disk and its event sent, ending early when the run is asked to stop or pause,
-so a test can kill, stop or pause it at exactly that step however fast the machine trains.
+moment a kill tests that saves are atomic (the seam is ``core/atomic.pause_before_rename``).
+``step_pause@N:S`` holds the run for S seconds once step N's metrics line is on disk and its event
+sent, ending early when the run is asked to stop or pause, so a test can kill, stop or pause it at
+exactly that step however fast the machine trains.
 
 Every pause first prints one ``LORA_STUDIO_FAULTS: <kind> holding …`` line to stderr (flushed): a
 test waits for that line, not for a guessed number of seconds, before it acts. Unset in normal use,
