@@ -3,7 +3,7 @@
 Trains the default model on the bundled reviews data (``resources/datasets/reviews.jsonl``) twice with
 the engine — same seed, steps, batch, learning rate and LoRA settings; the only difference is how
 the frozen base weights are stored — then evaluates the base model, both fine-tunes on the held-out
-``reviews_eval.jsonl`` with ``lora_studio.core.evaluate.run`` and prints eval loss, accuracy, macro-F1,
+``reviews_eval.jsonl`` with ``lora_studio.core.evaluate`` and prints eval loss, accuracy, macro-F1,
 peak process RSS of each training run (and the memory estimator's figure), and the QLoRA − LoRA gap
 with a paired bootstrap 95% interval over the examples.
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-take the README's screenshots from real windows (a private Xvfb + openbox; see
-# docs/real-display.md), with the real bundled model. About 30 minutes on a 2-core CPU.
+# docs/real-display.md), with the real bundled model. About 15 minutes on a 2-core CPU.
 #
 #   bash docs/screenshots/make.sh [RUNS_DIR]
 #
@@ -16,15 +16,15 @@ out=docs/screenshots
 echo "runs in $runs"
 
 train() { "$studio" train --runs-dir "$runs" "$@"; }
-[ -n "$(ls -d "$runs"/*-demo-a 2>/dev/null)" ] || train --demo --run-name demo-a
-[ -n "$(ls -d "$runs"/*-demo-b 2>/dev/null)" ] || train --demo --lr 2e-4 --lora-r 8 --lora-alpha 16 --run-name demo-b
-[ -n "$(ls -d "$runs"/*-demo-c 2>/dev/null)" ] || train --demo --quant nf4 --run-name demo-c
+[ -n "$(ls -d "$runs"/*-lr5e-4-r16 2>/dev/null)" ] || train --demo --run-name lr5e-4-r16
+[ -n "$(ls -d "$runs"/*-lr2e-4-r8 2>/dev/null)" ] || train --demo --lr 2e-4 --lora-r 8 --lora-alpha 16 --run-name lr2e-4-r8
+[ -n "$(ls -d "$runs"/*-qlora-nf4 2>/dev/null)" ] || train --demo --quant nf4 --run-name qlora-nf4
 [ -n "$(ls -d "$runs"/*-reviews 2>/dev/null)" ] || train --data resources/datasets/reviews.jsonl \
     --eval-path resources/datasets/reviews_eval.jsonl --max-steps 35 --run-name reviews
 reviews=$(ls -d "$runs"/*-reviews | head -1)
 [ -d "$reviews/eval" ] || "$studio" evaluate --run "$reviews" --compare-base
 
-demos=("$runs"/*-demo-a "$runs"/*-demo-b "$runs"/*-demo-c)
+demos=("$runs"/*-lr5e-4-r16 "$runs"/*-lr2e-4-r8 "$runs"/*-qlora-nf4)
 .venv/bin/python -m lora_studio.gui.screenshots "$out" --model default --run "${demos[0]}" --compare "${demos[@]}"
 evaluate=$(mktemp -d)
 .venv/bin/python -m lora_studio.gui.screenshots "$evaluate" --model default --run "$reviews"

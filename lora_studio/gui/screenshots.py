@@ -42,6 +42,11 @@ def capture(app: object, window: object, path: Path) -> Path:
 
     corner = window.mapToGlobal(QPoint(0, 0))  # type: ignore[attr-defined]
     rect = (corner.x(), corner.y(), window.width(), window.height())  # type: ignore[attr-defined]
+    # the pointer off the window: the framebuffer holds the cursor and whatever it hovers
+    _display.xdotool("mousemove", str(_display.width - 1), str(_display.height - 1))  # type: ignore[attr-defined]
+    for _ in range(4):
+        app.processEvents()  # type: ignore[attr-defined]
+        time.sleep(0.05)
     return xserver.write_png(path, xserver.crop(_display.screenshot(), rect))  # type: ignore[attr-defined]
 
 
@@ -173,6 +178,7 @@ def render(
     written = list(extra)
     for key in window.pages:
         window.show_page(key)
+        wait_idle(app, window)  # a page may start reading when shown (the Data page's statistics)
         written.append(capture(app, window, outdir / f"{key}.png"))
     window.save_settings = lambda: None  # type: ignore[method-assign]
     window.close()
