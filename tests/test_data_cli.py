@@ -112,3 +112,36 @@ def test_entry_point_runs_as_a_command():
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["stats"]["examples"] == 102
+
+
+def test_a_preference_file_is_reported_as_pairs_with_every_bad_pair_located(capsys, tmp_path):
+    """Pairs cannot be read as supervised data: inspect-data reports them as preference data, exit 1."""
+    rows = [
+        {
+            "conversations": [{"from": "human", "value": "What is 2 + 2?"}],
+            "chosen": {"from": "gpt", "value": "4."},
+            "rejected": {"from": "gpt", "value": "Probably 5."},
+        }
+    ] * 3
+    rows.append({**rows[0], "rejected": {"from": "gpt", "value": "4."}})
+    path = tmp_path / "dpo.json"
+    path.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    code, out, err = run(capsys, str(path))
+    assert code == 1 and "preference data" in err and "cannot train on it" in err
+    assert "Format    preference data, sharegpt (detected)" in out
+    assert "3 pairs (chosen and rejected answers)" in out and "rejected   Probably 5." in out
+    assert "record 4, field 'rejected': chosen and rejected are the same answer" in out
+    code, out, _ = run(capsys, str(path), "--json")
+    payload = json.loads(out)
+    assert code == 1 and payload["usable"] is False and payload["preference"]["pairs"] == 3
+    assert payload["errors"][0]["record"] == 4 and payload["preview"][0]["chosen"][0]["content"] == "4."
+
+
+def test_kto_labels_stay_supervised_data_unless_asked_for_as_preference(capsys):
+    kto = str(PUBLIC / "hiyouga--LLaMA-Factory" / "kto_en_demo.excerpt.json")
+    code, out, _ = run(capsys, kto)
+    assert code == 0 and "Format    messages (detected)" in out and "label = false" in out
+    code, out, _ = run(capsys, kto, "--preference", "--json")
+    payload = json.loads(out)
+    assert code == 1 and payload["preference"]["kind"] == "labels"
+    assert (payload["preference"]["desirable"], payload["preference"]["undesirable"]) == (4, 2)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from typing import Any
 
 from lora_studio.cli import use_color
 from lora_studio.core.config import RunConfig
+from lora_studio.core.data import LabelledAnswer
 from lora_studio.core.errors import ConfigError, DatasetError
 
 _SHOW_ERRORS = 10
@@ -57,15 +59,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--examples", type=int, default=1, help="how many rendered examples to show (default 1)"
     )
+    parser.add_argument(
+        "--preference",
+        action="store_true",
+        help="read the file as preference data: chosen/rejected pairs (detected by themselves) or KTO labels",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from lora_studio.core.data import build_dataset, error_dict, preview_conversations, scan_conversations
+    from lora_studio.core.data import (
+        build_dataset,
+        error_dict,
+        preview_conversations,
+        scan_conversations,
+        sniff_preference_format,
+    )
     from lora_studio.core.models import load_tokenizer, resolve_model
 
     data = _data_section(args)
+    # Pairs (chosen/rejected) cannot be read as supervised data at all; KTO's labelled rows can (with a
+    # warning about the undesirable ones), so they are inspected as preference data only when asked.
+    if args.preference or (args.format == "auto" and sniff_preference_format(data.path) not in (None, "kto")):
+        return _inspect_preferences(args)
     collecting = data.model_copy(update={"skip_invalid": True})
     conversations, report = scan_conversations(collecting)
     if not conversations:
@@ -199,3 +216,63 @@ def _print_errors(errors: list[DatasetError], total: int) -> None:
     print(f"\nProblems (first {len(shown)} of {total}):" if total > len(shown) else f"\nProblems ({total}):")
     for error in shown:
         print(f"  {error}")
+
+
+def _inspect_preferences(args: argparse.Namespace) -> int:
+    """A preference file (chosen/rejected pairs or KTO labels): its shape, counts and every bad record.
+
+    Supervised fine-tuning cannot train on it, so the exit status is 1 even for a clean file; the
+    report is still what a person needs to fix the file before preference tuning.
+    """
+    from lora_studio.core.data import error_dict, scan_preferences
+
+    examples, report = scan_preferences(args.path)
+    shown = examples[: max(0, args.examples)]
+    if args.json:
+        payload = {
+            "usable": False,
+            "preference": report.to_dict(),
+            "preview": [asdict(example) for example in shown],
+            "errors": [error_dict(e) for e in report.skipped],
+        }
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+    else:
+        usable = report.records - len(report.skipped)
+        counts = (
+            f"{report.pairs} pairs (chosen and rejected answers)"
+            if report.kind == "pairs"
+            else f"{report.desirable} desirable and {report.undesirable} undesirable answers (KTO labels)"
+        )
+        rows = [
+            ("Dataset", ", ".join(report.files)),
+            ("Format", f"preference data, {report.format} (detected)"),
+            *[("Evidence", line) for line in report.evidence],
+            ("Records", f"{report.records} read, {usable} usable, {len(report.skipped)} with problems"),
+            ("Examples", counts),
+            *[("Warning", line) for line in report.warnings],
+        ]
+        width = max(len(k) for k, _ in rows)
+        for key, value in rows:
+            print(f"{key:<{width}}  {value}")
+        for number, example in enumerate(shown, start=1):
+            print(f"\nExample {number} ({example.file}, record {example.record}):")
+            for turn in example.prompt:
+                print(f"  {turn['role']:<9}  {_short(turn['content'])}")
+            if isinstance(example, LabelledAnswer):
+                sides = [("desirable" if example.desirable else "undesirable", example.completion)]
+            else:
+                sides = [("chosen", example.chosen), ("rejected", example.rejected)]
+            for name, answer in sides:
+                print(f"  {name:<9}  {_short(' / '.join(t['content'] for t in answer))}")
+        _print_errors(report.skipped, len(report.skipped))
+    print(
+        f"error: {args.path} holds preference data ({report.format}); supervised fine-tuning needs one "
+        "answer per prompt and cannot train on it",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

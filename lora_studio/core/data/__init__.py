@@ -2,7 +2,8 @@
 
 ``files`` reads JSON, JSONL, CSV, Parquet and TXT record by record (with file and line for every
 error); ``formats`` recognises Alpaca, ShareGPT, OpenAI ``messages``, prompt/completion and plain
-text and turns each record into one conversation; ``render`` applies the model's chat template and
+text and turns each record into one conversation (``preference`` does the same for chosen/rejected
+pairs and KTO's labelled answers); ``render`` applies the model's chat template and
 marks which tokens are trained on; ``prepare`` builds the tokenized dataset, its statistics and the
 preview that shows a record exactly as the model will see it. Depends only on the base (``core``).
 """
@@ -15,6 +16,14 @@ from lora_studio.core.data.formats import (
     error_dict,
     load_conversations,
     scan_conversations,
+)
+from lora_studio.core.data.preference import (
+    LabelledAnswer,
+    PreferencePair,
+    PreferenceReport,
+    load_preferences,
+    scan_preferences,
+    sniff_preference_format,
 )
 from lora_studio.core.data.prepare import (
     DatasetStats,
@@ -48,6 +57,9 @@ __all__ = [
     "DetectionReport",
     "Encoder",
     "Example",
+    "LabelledAnswer",
+    "PreferencePair",
+    "PreferenceReport",
     "PreparedDataset",
     "PreviewExample",
     "RawRecord",
@@ -57,6 +69,7 @@ __all__ = [
     "chat_template_for",
     "error_dict",
     "load_conversations",
+    "load_preferences",
     "make_collator",
     "open_source",
     "padding_fraction",
@@ -66,6 +79,8 @@ __all__ = [
     "preview_conversations",
     "resolve_paths",
     "scan_conversations",
+    "scan_preferences",
+    "sniff_preference_format",
     "split_conversations",
     "template_note",
 ]

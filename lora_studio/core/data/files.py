@@ -380,3 +380,39 @@ def _parquet(path: Path) -> SourceFile:
 def check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise CancelledError("Dataset preparation was cancelled")
+
+
+def readable_records(
+    source: SourceFile,
+    skipped: list[DatasetError],
+    *,
+    cancel: threading.Event | None = None,
+    stop_at_first: bool = False,
+) -> tuple[list[RawRecord], int]:
+    """The records of ``source`` that could be read, and how many it has in all.
+
+    A record that cannot be read (broken JSON on its line, a wrong type) is raised when
+    ``stop_at_first``, else added to ``skipped`` — so a report can list every bad record at once.
+    """
+    raws: list[RawRecord] = []
+    count = 0
+    for item in source.records:
+        check_cancel(cancel)
+        count += 1
+        if isinstance(item, DatasetError):
+            if stop_at_first:
+                raise item
+            skipped.append(item)
+        else:
+            raws.append(item)
+    return raws, count
+
+
+def no_usable_records(records: int, skipped: list[DatasetError], files: list[str]) -> DatasetError:
+    """The error for a dataset in which every record has a problem (the first one is the hint)."""
+    first = skipped[0] if skipped else None
+    return DatasetError(
+        f"no usable records: all {records} records have problems",
+        file=files[0] if len(files) == 1 else None,
+        hint=f"first: {first}" if first else None,
+    )

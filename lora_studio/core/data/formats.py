@@ -21,7 +21,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lora_studio.core.config import DataSection
-from lora_studio.core.data.files import RawRecord, SourceFile, check_cancel, open_source, resolve_paths
+from lora_studio.core.data.files import (
+    RawRecord,
+    SourceFile,
+    check_cancel,
+    no_usable_records,
+    open_source,
+    readable_records,
+    resolve_paths,
+)
 from lora_studio.core.errors import DatasetError
 
 #: Detection order: when a record fits several formats, the first one wins.
@@ -131,12 +139,7 @@ def load_conversations(
     """
     conversations, report = scan_conversations(data, cancel=cancel, stop_at_first=not data.skip_invalid)
     if not conversations:
-        first = report.skipped[0] if report.skipped else None
-        raise DatasetError(
-            f"no usable records: all {report.records} records have problems",
-            file=report.files[0] if len(report.files) == 1 else None,
-            hint=f"first: {first}" if first else None,
-        )
+        raise no_usable_records(report.records, report.skipped, report.files)
     return conversations, report
 
 
@@ -156,16 +159,8 @@ def scan_conversations(
     file_formats: dict[str, str] = {}
     for path in files:
         source = open_source(path, txt_split=data.txt_split)
-        raws: list[RawRecord] = []
-        for item in source.records:
-            check_cancel(cancel)
-            report.records += 1
-            if isinstance(item, DatasetError):
-                if stop_at_first:
-                    raise item
-                report.skipped.append(item)
-            else:
-                raws.append(item)
+        raws, count = readable_records(source, report.skipped, cancel=cancel, stop_at_first=stop_at_first)
+        report.records += count
         if not raws:
             continue
         fmt = _file_format(source, raws, data, mapping, report)
@@ -277,7 +272,10 @@ def _file_format(
             fields = ", ".join(repr(k) for k in first.data) or "none"
             hint = "choose the format, or map columns with data.columns (e.g. instruction = 'question')"
             if {"chosen", "rejected"} & set(first.data):
-                hint = "this looks like preference (DPO) data, which supervised fine-tuning cannot use"
+                hint = (
+                    "this looks like preference (DPO) data, which supervised fine-tuning cannot use "
+                    "(`lora-studio inspect-data FILE` checks it as preference data)"
+                )
             raise first.error(f"cannot tell the format: the record's fields are {fields}", hint=hint)
         fmt = ranked[0]
         example = next(r for r in raws if _matches(fmt, r.data, mapping))

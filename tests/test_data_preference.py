@@ -1,0 +1,170 @@
+"""Preference data (#22, the data step): every shape people have, read into pairs or labels, with located errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lora_studio.core.data import (
+    LabelledAnswer,
+    PreferencePair,
+    load_preferences,
+    scan_preferences,
+    sniff_preference_format,
+)
+from lora_studio.core.errors import DatasetError
+
+PUBLIC = Path(__file__).parent / "data" / "public"
+USER = {"role": "user", "content": "What is 2 + 2?"}
+GOOD = {"role": "assistant", "content": "4."}
+BAD = {"role": "assistant", "content": "Probably 5."}
+
+
+def write(tmp_path: Path, rows: list, name: str = "prefs.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("row", "fmt", "prompt", "chosen"),
+    [
+        ({"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "Probably 5."}, "explicit", [USER], [GOOD]),
+        (
+            {
+                "prompt": [{"role": "system", "content": "Be brief."}, USER],
+                "chosen": [GOOD],
+                "rejected": [BAD],
+            },
+            "explicit",
+            [{"role": "system", "content": "Be brief."}, USER],
+            [GOOD],
+        ),
+        ({"chosen": [USER, GOOD], "rejected": [USER, BAD]}, "implicit", [USER], [GOOD]),
+        (
+            {
+                "chosen": "\n\nHuman: What is 2 + 2?\n\nAssistant: 4.",
+                "rejected": "\n\nHuman: What is 2 + 2?\n\nAssistant: Probably 5.",
+            },
+            "implicit",
+            [USER],
+            [GOOD],
+        ),
+        (
+            {
+                "conversations": [{"from": "human", "value": "What is 2 + 2?"}],
+                "chosen": {"from": "gpt", "value": "4."},
+                "rejected": {"from": "gpt", "value": "Probably 5."},
+            },
+            "sharegpt",
+            [USER],
+            [GOOD],
+        ),
+        (
+            {"instruction": "What is", "input": "2 + 2?", "chosen": "4.", "rejected": "Probably 5."},
+            "alpaca",
+            [{"role": "user", "content": "What is\n\n2 + 2?"}],
+            [GOOD],
+        ),
+    ],
+)
+def test_each_pair_shape_becomes_the_same_pair(tmp_path, row, fmt, prompt, chosen):
+    pairs, report = load_preferences(write(tmp_path, [row, row]))
+    assert report.format == fmt and report.kind == "pairs" and report.pairs == 2
+    pair = pairs[0]
+    assert isinstance(pair, PreferencePair)
+    assert (pair.prompt, pair.chosen, pair.rejected[-1]["role"]) == (prompt, chosen, "assistant")
+    assert (pair.line, pair.record) == (1, 1)
+    assert sniff_preference_format(tmp_path / "prefs.jsonl") == fmt
+
+
+def test_multi_turn_implicit_pairs_keep_the_shared_history_as_prompt(tmp_path):
+    history = [USER, GOOD, {"role": "user", "content": "And 3 + 3?"}]
+    row = {
+        "chosen": [*history, {"role": "assistant", "content": "6."}],
+        "rejected": [*history, {"role": "assistant", "content": "7."}],
+    }
+    (pair,), _ = load_preferences(write(tmp_path, [row]))
+    assert pair.prompt == history and pair.chosen == [{"role": "assistant", "content": "6."}]
+
+
+def test_kto_rows_in_both_shapes_are_labelled_answers(tmp_path):
+    rows = [
+        {"prompt": "What is 2 + 2?", "completion": "4.", "label": True},
+        {"prompt": [USER], "completion": [BAD], "label": False},
+    ]
+    answers, report = load_preferences(write(tmp_path, rows))
+    assert report.format == "kto" and report.kind == "labels"
+    assert (report.desirable, report.undesirable) == (1, 1) and not report.warnings
+    assert isinstance(answers[0], LabelledAnswer) and answers[0].completion == [GOOD]
+    assert answers[1].desirable is False
+
+
+def test_the_public_kto_demo_reads_with_its_false_labels(tmp_path):
+    """LLaMA-Factory's kto_en_demo: OpenAI ``messages`` + boolean ``label``, some multi-turn."""
+    answers, report = load_preferences(PUBLIC / "hiyouga--LLaMA-Factory" / "kto_en_demo.excerpt.json")
+    assert report.format == "kto" and report.records == 6 and not report.skipped
+    assert report.desirable + report.undesirable == 6 and report.undesirable == 2
+    for answer in answers:
+        assert answer.prompt[-1]["role"] == "user" and answer.completion[0]["role"] == "assistant"
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "words"),
+    [
+        ({"prompt": "Q?", "chosen": "Same.", "rejected": "Same."}, "rejected", "same answer"),
+        ({"prompt": "Q?", "chosen": "", "rejected": "No."}, "chosen", "empty answer"),
+        ({"prompt": "  ", "chosen": "Yes.", "rejected": "No."}, "prompt", "empty prompt"),
+        ({"prompt": "Q?", "chosen": "Yes.", "rejected": None}, "rejected", "is null"),
+        ({"prompt": "Q?", "chosen": "Yes.", "rejected": 3}, "rejected", "not a number"),
+        ({"prompt": [USER, GOOD], "chosen": [GOOD], "rejected": [BAD]}, "prompt", "end with the user"),
+        ({"prompt": [USER], "chosen": [USER], "rejected": [BAD]}, "chosen", "starts with a user turn"),
+        ({"chosen": "4.", "rejected": "5."}, "chosen", "without a prompt"),
+        ({"chosen": [GOOD], "rejected": [BAD]}, "chosen", "share no prompt"),
+        ({"chosen": [USER, GOOD], "rejected": "5."}, "rejected", "both must be texts or both message lists"),
+        ({"prompt": "Q?", "completion": "A.", "label": "yes"}, "label", "true or false"),
+        ({"messages": [USER], "label": True}, "messages[0]", "no answer to label"),
+        (
+            {"prompt": [{"role": "robot", "content": "Q?"}], "chosen": [GOOD], "rejected": [BAD]},
+            "prompt[0].role",
+            "unknown role",
+        ),
+    ],
+)
+def test_bad_records_are_errors_naming_record_and_field(tmp_path, row, field, words):
+    good = {"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}
+    if "label" in row:
+        good = {"prompt": "Q?", "completion": "Yes.", "label": True}
+    elif "prompt" not in row:
+        good = {"chosen": [USER, GOOD], "rejected": [USER, BAD]}
+    path = write(tmp_path, [good, row])
+    with pytest.raises(DatasetError) as info:
+        load_preferences(path)
+    error = info.value
+    assert (error.line, error.record, error.field) == (2, 2, field), str(error)
+    assert words in str(error)
+    _, report = scan_preferences(path)  # collected rather than raised: inspect-data lists them all
+    assert len(report.skipped) == 1 and report.pairs + report.desirable == 1
+
+
+def test_skip_invalid_keeps_the_good_rows_and_a_file_of_only_bad_rows_says_so(tmp_path):
+    rows = [{"prompt": "Q?", "chosen": "A.", "rejected": "A."}] * 2
+    path = write(tmp_path, [*rows, {"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}])
+    pairs, report = load_preferences(path, skip_invalid=True)
+    assert len(pairs) == 1 and len(report.skipped) == 2
+    with pytest.raises(DatasetError, match="no usable records: all 2 records have problems"):
+        load_preferences(write(tmp_path, rows, "bad.jsonl"), skip_invalid=True)
+
+
+def test_one_sided_kto_labels_are_a_warning(tmp_path):
+    rows = [{"prompt": "Q?", "completion": "A.", "label": True}] * 3
+    _, report = load_preferences(write(tmp_path, rows))
+    assert report.warnings and "every usable answer is labelled desirable" in report.warnings[0]
+
+
+def test_supervised_data_is_not_preference_data(tmp_path):
+    sft = write(tmp_path, [{"messages": [USER, GOOD]}] * 3)
+    assert sniff_preference_format(sft) is None
+    with pytest.raises(DatasetError, match="not preference data") as info:
+        load_preferences(sft)
+    assert info.value.hint and "chosen" in info.value.hint
