@@ -19,7 +19,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-SHARED = ROOT.parent / "shared" / "datasets"
+#: Excerpts of public datasets the benchmarks train on (bench/data/SOURCES.md).
+DATA = ROOT / "bench" / "data"
 sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -23,7 +23,7 @@ import json
 import time
 from typing import Any
 
-from _common import SHARED, WORK, median, print_table, write_results
+from _common import DATA, WORK, median, print_table, write_results
 
 SEQ, BATCH = 256, 4
 
@@ -109,7 +109,7 @@ def plain_loop(steps: int) -> tuple[float, float]:
 
 def long_documents() -> str:
     """c4 documents as plain text: nearly all are cut to SEQ tokens, so batches are BATCH x SEQ."""
-    lines = (SHARED / "hiyouga--LLaMA-Factory" / "c4_demo.jsonl").read_text().splitlines()
+    lines = (DATA / "c4_demo.long24.jsonl").read_text().splitlines()
     path = WORK / "c4.jsonl"
     path.write_text("\n".join(line for line in lines if len(json.loads(line)["text"]) > 2000) + "\n")
     return str(path)

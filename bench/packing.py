@@ -14,7 +14,7 @@ import argparse
 import json
 import time
 
-from _common import SHARED, WORK, median, print_table, tiny_model_dir, write_results
+from _common import DATA, WORK, median, print_table, tiny_model_dir, write_results
 
 MODES = {
     "padded (random batches)": {"data.packing": False, "data.group_by_length": False},
@@ -24,7 +24,7 @@ MODES = {
 
 
 def alpaca_subset(n: int):
-    records = json.loads((SHARED / "hiyouga--LLaMA-Factory" / "alpaca_en_demo.json").read_text())[:n]
+    records = json.loads((DATA / "alpaca_en_demo.first400.json").read_text())[:n]
     path = WORK / f"alpaca-{n}.json"
     path.write_text(json.dumps(records))
     return path
