@@ -120,3 +120,16 @@ def test_a_config_written_by_the_old_hand_written_writer_still_loads():
     assert config.training.sample_prompts == ["Hi", "Ça va?"]
     assert (config.training.epochs, config.training.learning_rate) == (1.5, 2e-4)
     assert RunConfig.from_dict(tomllib.loads(config.to_toml())) == config
+
+
+def test_a_saved_config_has_the_umask_mode_and_a_restricted_one_stays_restricted(tmp_path):
+    import os
+
+    from lora_studio.core.atomic import umask
+
+    path = tmp_path / "run.toml"
+    RunConfig().save(path)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask()  # not mkstemp's 0600
+    os.chmod(path, 0o600)  # the user made it private on purpose
+    RunConfig().save(path)
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -333,3 +333,19 @@ def test_default_model_gguf_round_trip_in_every_type(default_model_dir, tmp_path
     assert sizes["q8_0.gguf"] < sizes["f16.gguf"] * 0.6 and sizes["bf16.gguf"] == pytest.approx(
         sizes["f16.gguf"]
     )
+
+
+def test_every_file_of_the_run_and_the_export_has_the_users_umask(exported, run_dir):
+    """safetensors and mkstemp write 0600, mkdtemp 0700: renamed into place as they were, a shared
+    adapter or config would be unreadable to whoever the user's umask lets read it (#24)."""
+    from lora_studio.core.atomic import umask
+
+    _, _, out = exported
+    expected = {False: 0o666 & ~umask(), True: 0o777 & ~umask()}
+    wrong = []
+    for root in (Path(run_dir), out):
+        for path in [root, *root.rglob("*")]:
+            mode = path.stat().st_mode & 0o777
+            if mode != expected[path.is_dir()]:
+                wrong.append(f"{oct(mode)} {path.relative_to(root.parent)}")
+    assert wrong == [], wrong

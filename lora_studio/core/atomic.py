@@ -10,8 +10,10 @@ between "content on disk" and "renamed" (``tests/test_reliability_writes.py``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -34,12 +36,51 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        try:  # a file the user restricted on purpose keeps its mode; a new one gets the umask's
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            mode = 0o666 & ~umask()
+        os.chmod(tmp, mode)  # mkstemp made it 0600
         pause_before_rename()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@functools.cache
+def umask() -> int:
+    """The process's umask (read once: setting it to read it would race other threads later)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def honour_umask(path: Path) -> None:
+    """Give ``path`` (and everything under it) the modes a plain ``open``/``mkdir`` would have given.
+
+    Temporary folders (``mkdtemp``: 0700) and files written by safetensors or ``mkstemp`` (0600) are
+    private to the user; renamed into place as they are, a shared model folder or an exported adapter
+    would be unreadable to the other accounts and tools the user's umask lets read them.
+    """
+    files, folders = 0o666 & ~umask(), 0o777 & ~umask()
+    if path.is_dir() and not path.is_symlink():
+        for root, _dirs, names in os.walk(path):
+            os.chmod(root, folders)
+            for name in names:
+                target = os.path.join(root, name)
+                if not os.path.islink(target):
+                    os.chmod(target, files)
+    elif path.is_file():
+        os.chmod(path, files)
 
 
 def pause_before_rename() -> None:

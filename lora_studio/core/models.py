@@ -15,6 +15,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lora_studio.core.atomic import honour_umask
 from lora_studio.core.errors import ModelSourceError
 from lora_studio.core.paths import BUNDLE_DIR, cache_dir
 
@@ -226,6 +228,7 @@ def _converted_gguf(gguf_path: Path, name: str) -> Path:
     try:
         _convert_gguf(gguf_path, work)
         (work / _MARKER).write_text(json.dumps({"gguf": str(gguf_path), "name": name}, indent=2))
+        honour_umask(work)
         try:
             os.replace(work, target)
         except OSError:
@@ -349,15 +352,23 @@ def meta_model(config: Any, *, trust_remote_code: bool = False) -> Any:
     return model
 
 
-def count_parameters(model: Any) -> int:
-    """Unique parameters: a tied embedding / lm_head pair counts once, as in a loaded model."""
+def count_parameters(model: Any, *, trainable_only: bool = False) -> int:
+    """Unique parameters: a tied embedding / lm_head pair counts once, as in a loaded model.
+
+    A 4-bit weight counts as the weights it stands for, not as its packed storage (bitsandbytes keeps
+    two 4-bit values per byte, so ``numel()`` is half the count — the trainable share of a QLoRA run
+    would read twice what it is).
+    """
     seen: set[int] = set()
     total = 0
     for param in model.parameters():
         key = id(param)
-        if key not in seen:
-            seen.add(key)
-            total += param.numel()
+        if key in seen or (trainable_only and not param.requires_grad):
+            continue
+        seen.add(key)
+        state = getattr(param, "quant_state", None)
+        shape = getattr(state, "shape", None)
+        total += math.prod(shape) if shape is not None else param.numel()
     return total
 
 

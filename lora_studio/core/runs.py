@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lora_studio.core.atomic import atomic_write_text, pause_before_rename
+from lora_studio.core.atomic import atomic_write_text, honour_umask, pause_before_rename
 from lora_studio.core.config import RunConfig
 from lora_studio.core.errors import LoraStudioError
 from lora_studio.core.paths import runs_dir as default_runs_dir
@@ -258,6 +258,7 @@ def _append_line(path: Path, record: dict[str, Any]) -> None:
 
 def replace_dir(staging: Path, target: Path) -> None:
     """Move a fully written folder into place, replacing an older one of the same name."""
+    honour_umask(staging)
     pause_before_rename()  # fault injection only: where a kill would tear a non-atomic save
     if target.exists():
         old = target.with_name(f".{target.name}.old")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from lora_studio.core.atomic import honour_umask
 from lora_studio.core.errors import CancelledError, LoraStudioError
 from lora_studio.core.export import plan as ex
 from lora_studio.core.export.plan import plan_export, size_text
@@ -218,6 +219,7 @@ class ExportJob:
         if staged.is_dir():
             replace_dir(staged, target)
         else:
+            honour_umask(staged)
             os.replace(staged, target)
         size = _size_of(target)
         self.results.append(FormatResult(fmt, str(target), size, time.monotonic() - started, notes))

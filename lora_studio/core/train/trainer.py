@@ -24,6 +24,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from lora_studio.core.data import make_collator
 from lora_studio.core.errors import TrainingError
 from lora_studio.core.faults import due, hold
+from lora_studio.core.models import count_parameters
 from lora_studio.core.runs import replace_dir
 from lora_studio.core.train import events as ev
 from lora_studio.core.train.distributed import any_rank, sum_ranks
@@ -298,8 +299,8 @@ class _EngineCallback(TrainerCallback):
         self._t0 = self._last_t = time.monotonic()
         self._last_tokens = self._tokens_before = self.tokens_seen
         model = run.model
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+        trainable = count_parameters(model, trainable_only=True)
+        total = count_parameters(model)  # 4-bit weights as the weights they stand for
         run.folder.write_status("running", step=state.global_step, total_steps=state.max_steps)
         run.emit(
             ev.RunStarted(
