@@ -130,6 +130,9 @@ def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_p
         held_at = log.of(ev.Paused)[0].step
         assert held_at == 3
         assert window.state.run_state == "paused"
+        run_dir = log.of(ev.RunStarted)[0].run_dir
+        status = RunFolder.open(run_dir).status()  # what the Runs page and `lora-studio runs` read
+        assert (status["state"], status["step"]) == ("paused", 3)
         assert window.run_label.text().startswith("Paused")
         assert page.pause_button.text() == "Resume"
         assert window.state.shared_model.loaded  # free for chat while paused
@@ -146,6 +149,7 @@ def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_p
         with qtbot.waitSignal(window.runs.ended, timeout=180_000) as ended:
             qtbot.mouseClick(page.pause_button, Qt.MouseButton.LeftButton)
         assert ended.args == ["completed"]
+        assert RunFolder.open(run_dir).status()["state"] == "completed"
         assert log.steps() == list(range(1, 31)), f"held at {held_at}"
         assert [e.paused for e in log.of(ev.Paused)] == [True, False]
     finally:

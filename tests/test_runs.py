@@ -92,3 +92,14 @@ def test_runs_cli_list_show_compare(tmp_path):
     assert compared.returncode == 0 and "lora.r" in compared.stdout and "learning_rate" not in compared.stdout
     missing = cli("show", "zeta", runs=tmp_path)
     assert missing.returncode == 1 and missing.stderr.startswith("error: no run matches 'zeta'")
+
+
+def test_a_paused_run_reads_paused_while_its_process_lives_and_interrupted_after(tmp_path):
+    run = make_run(tmp_path, "p")
+    run.write_status("paused", step=2)
+    assert RunFolder.open(run.path).status()["state"] == "paused"  # this process wrote it: alive
+    status = json.loads(run.status_path.read_text())
+    status.update(pid=2**22 + 12345, pid_started=1.0)  # a writer that no longer exists
+    run.status_path.write_text(json.dumps(status))
+    gone = RunFolder.open(run.path).status()
+    assert gone["state"] == "interrupted" and "stopped without finishing" in gone["error"]

@@ -29,7 +29,9 @@ from lora_studio.core.config import RunConfig
 from lora_studio.core.errors import LoraStudioError
 from lora_studio.core.paths import runs_dir as default_runs_dir
 
-STATES = ("running", "completed", "cancelled", "failed", "interrupted")
+STATES = ("running", "paused", "completed", "cancelled", "failed", "interrupted")
+#: States of a run whose process is alive (or should be: a dead one reads as "interrupted").
+LIVE_STATES = ("running", "paused")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -122,7 +124,7 @@ class RunFolder:
         now = time.time()
         status = {**previous, **fields, "state": state, "updated_at": now}
         status.setdefault("started_at", now)
-        if state == "running":
+        if state in LIVE_STATES:
             status.update(_process_identity())
         atomic_write_text(self.status_path, json.dumps(status, indent=2))
         return status
@@ -134,11 +136,11 @@ class RunFolder:
             return None
 
     def status(self) -> dict[str, Any]:
-        """The run's state, with a dead writer's ``running`` corrected to ``interrupted``."""
+        """The run's state, with a dead writer's ``running`` or ``paused`` corrected to ``interrupted``."""
         status = self._read_status_raw()
         if status is None:
             return {"state": "interrupted", "error": "status.json is missing or unreadable", "step": 0}
-        if status.get("state") == "running" and not _writer_alive(status):
+        if status.get("state") in LIVE_STATES and not _writer_alive(status):
             status = {
                 **status,
                 "state": "interrupted",

@@ -24,7 +24,7 @@ from typing import Any
 from lora_studio.core.config import RunConfig
 from lora_studio.core.errors import CancelledError, LoraStudioError, OutOfMemoryError, TrainingError
 from lora_studio.core.faults import FaultSpec, parse_faults
-from lora_studio.core.runs import RunFolder, replace_dir
+from lora_studio.core.runs import LIVE_STATES, RunFolder, replace_dir
 from lora_studio.core.train import events as ev
 from lora_studio.core.train.distributed import World
 from lora_studio.core.train.shared import SharedModel
@@ -97,8 +97,8 @@ def resume(
     """Continue a cancelled, failed or interrupted run from its last complete checkpoint."""
     folder = RunFolder.open(run_dir)
     state = folder.status().get("state")
-    if state == "running":
-        raise TrainingError(f"{folder.path}: this run is still running in another process")
+    if state in LIVE_STATES:
+        raise TrainingError(f"{folder.path}: this run is still {state} in another process")
     if state == "completed":
         raise TrainingError(f"{folder.path}: this run already completed; start a new run to train more")
     if folder.latest_checkpoint() is None:
@@ -436,9 +436,13 @@ class TrainingRun:
         """Hold at a step boundary while paused; the model is idle and free for chat meanwhile."""
         if not self.pause.is_set() or self.cancel.is_set():
             return
+        if self.folder is not None:  # the Runs page and `lora-studio runs` say so too
+            self.folder.write_status("paused", step=self.step)
         self.emit(ev.Paused(step=self.step, paused=True))
         while self.pause.is_set() and not self.cancel.is_set():
             time.sleep(0.05)
+        if self.folder is not None:
+            self.folder.write_status("running", step=self.step)
         self.emit(ev.Paused(step=self.step, paused=False))
 
     def check_cancel(self) -> None:

@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from lora_studio.core.paths import runs_dir as default_runs_dir
-from lora_studio.core.runs import RunFolder, config_diff, list_runs
+from lora_studio.core.runs import LIVE_STATES, RunFolder, config_diff, list_runs
 from lora_studio.gui.pages import PAGES, Page
 from lora_studio.gui.pages.train import duration
 from lora_studio.gui.workers import BackgroundTask
@@ -299,7 +299,7 @@ class RunsPage(Page):
         """Re-read running runs: new metrics for the shown ones, and the table (status, loss)."""
         if not self.isVisible() and not self.tails:
             return
-        running = [i for i, s in self.summaries.items() if s.get("state") == "running"]
+        running = [i for i, s in self.summaries.items() if s.get("state") in LIVE_STATES]
         if not running or self.listing.busy or self.reader.busy:
             return
         followed = {i: t for i, t in self.tails.items() if i in running}
@@ -333,10 +333,10 @@ class RunsPage(Page):
             one and Path(self.summaries.get(ids[0], {}).get("path", "")) / "adapter" / "adapter_config.json"
         )
         self.buttons["chat"].setEnabled(bool(adapter) and adapter.is_file())
-        self.buttons["evaluate"].setEnabled(one and states[0] not in ("running", "unreadable"))
+        self.buttons["evaluate"].setEnabled(one and states[0] not in (*LIVE_STATES, "unreadable"))
         self.buttons["duplicate"].setEnabled(one and states[0] != "unreadable")
-        self.buttons["rename"].setEnabled(one and states[0] != "running")
-        self.buttons["delete"].setEnabled(bool(ids) and "running" not in states)
+        self.buttons["rename"].setEnabled(one and states[0] not in LIVE_STATES)
+        self.buttons["delete"].setEnabled(bool(ids) and not set(LIVE_STATES) & set(states))
 
     def _selected_folder(self) -> RunFolder | None:
         ids = self.selected_ids()
@@ -411,7 +411,7 @@ class RunsPage(Page):
     def rename(self, new_name: str | None = None) -> Path | None:
         """Rename the folder's name part (its timestamp stays, so it still sorts by date)."""
         folder = self._selected_folder()
-        if folder is None or folder.status().get("state") == "running":
+        if folder is None or folder.status().get("state") in LIVE_STATES:
             return None
         name = folder.path.name
         current = name.split("-", 2)[-1]
@@ -436,7 +436,7 @@ class RunsPage(Page):
         return answer == QMessageBox.StandardButton.Yes
 
     def delete(self) -> int:
-        ids = [i for i in self.selected_ids() if self.summaries.get(i, {}).get("state") != "running"]
+        ids = [i for i in self.selected_ids() if self.summaries.get(i, {}).get("state") not in LIVE_STATES]
         if not ids:
             return 0
         listing = "\n".join(ids[:10]) + ("\n…" if len(ids) > 10 else "")
