@@ -103,3 +103,33 @@ def test_a_paused_run_reads_paused_while_its_process_lives_and_interrupted_after
     run.status_path.write_text(json.dumps(status))
     gone = RunFolder.open(run.path).status()
     assert gone["state"] == "interrupted" and "stopped without finishing" in gone["error"]
+
+
+def test_a_run_left_with_the_default_name_is_named_by_what_tells_it_apart(tmp_path):
+    """Every run used to be "run": legends read "run loss" / "run loss" (#24)."""
+    from lora_studio.core.runs import describe
+
+    plain = RunFolder.create(RunConfig(), tmp_path)
+    qlora = RunFolder.create(
+        RunConfig().with_overrides(
+            {"model.quantization": "nf4", "lora.r": 8, "training.learning_rate": 2e-4}
+        ),
+        tmp_path,
+    )
+    assert plain.path.name.endswith("-smollm2-135m-lora-r16-lr5e-4")
+    assert qlora.path.name.endswith("-smollm2-135m-nf4-r8-lr2e-4")
+    assert qlora.config().output.run_name == "smollm2-135m-nf4-r8-lr2e-4"  # folder and config agree
+    named = RunFolder.create(RunConfig().with_overrides({"output.run_name": "mine"}), tmp_path)
+    assert named.path.name.endswith("-mine")  # a name the user gave is kept
+    gguf = RunConfig().with_overrides({"model.source": "/m/Qwen2.5-0.5B-Instruct.Q4_K_M.gguf"})
+    assert describe(gguf) == "qwen2.5-0.5b-instruct-lora-r16-lr5e-4"
+    assert describe(RunConfig().with_overrides({"training.learning_rate": 1.5e-5})).endswith("-lr1.5e-5")
+
+
+def test_runs_with_the_same_name_get_their_start_time_in_legends_and_columns():
+    from lora_studio.gui.widgets.run_compare import short_names
+
+    assert short_names(["20261202-140000-a", "20261202-140500-b"]) == ["a", "b"]
+    assert short_names(["20261202-140000-run", "20261202-140500-run"]) == ["run 14:00:00", "run 14:05:00"]
+    same = ["20261202-140000-run", "20261203-140000-run"]  # same time on two days: the whole id
+    assert short_names(same) == same

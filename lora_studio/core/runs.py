@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_studio.core.atomic import atomic_write_text, honour_umask, pause_before_rename
-from lora_studio.core.config import RunConfig
+from lora_studio.core.config import RunConfig, default
 from lora_studio.core.errors import LoraStudioError
 from lora_studio.core.paths import runs_dir as default_runs_dir
 
@@ -37,6 +37,23 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 class RunFolderError(LoraStudioError):
     """A run folder is missing or unreadable."""
+
+
+def describe(config: RunConfig) -> str:
+    """A run's default name: what tells it from its neighbours — model, weights, rank, learning rate.
+
+    Every run used to be called "run", so the Runs page's legends ("run loss", "run loss") and
+    compare columns could not be told apart. ``smollm2-135m-instruct-nf4-r16-lr5e-4``.
+    """
+    source = config.model.source.rstrip("/\\")
+    model = re.sub(r"\.(gguf|json)$", "", Path(source).name or source, flags=re.IGNORECASE)
+    model = re.sub(r"\.(q\d\w*|f16|bf16|f32)$", "", model, flags=re.IGNORECASE)  # GGUF quant suffix
+    if source == "default":
+        model = "smollm2-135m"
+    model = re.sub(r"[^a-z0-9.]+", "-", model.lower()).strip("-")[:32] or "model"
+    weights = "lora" if config.model.quantization == "none" else config.model.quantization
+    lr = f"{config.training.learning_rate:.1e}".replace(".0e", "e").replace("e-0", "e-").replace("e+0", "e")
+    return f"{model}-{weights}-r{config.lora.r}-lr{lr}"
 
 
 @dataclass
@@ -52,6 +69,8 @@ class RunFolder:
         root = Path(runs_root or config.output.runs_dir or default_runs_dir()).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        if config.output.run_name == default("output.run_name"):
+            config = config.with_overrides({"output.run_name": describe(config)})
         base = f"{stamp}-{config.output.run_name}"
         for suffix in range(1000):
             candidate = root / (base if suffix == 0 else f"{base}-{suffix}")

@@ -134,9 +134,10 @@ class RunCompare(QWidget):
         for plot in (self.loss, self.memory):
             plot.setLabel("bottom", "Tokens seen" if x_key == "tokens_seen" else "Step")
         many = len(self.names) > 1
+        labels = short_names(self.names)
         for i, name in enumerate(self.names):
             colour = RUN_COLOURS[i % len(RUN_COLOURS)]
-            label = _short(name) if many else ""
+            label = labels[i] if many else ""
             self.loss.add_series(f"{name}:loss", f"{label} loss".strip(), colour)
             self.loss.add_series(f"{name}:eval", f"{label} eval loss".strip(), colour, dashed=True, width=1.6)
             self.memory.add_series(f"{name}:mem", label or "Peak memory", colour)
@@ -177,7 +178,7 @@ class RunCompare(QWidget):
         table = self.diff
         table.clear()
         table.setColumnCount(len(names))
-        table.setHorizontalHeaderLabels([_short(n) for n in names])
+        table.setHorizontalHeaderLabels(short_names(names))
         table.setRowCount(len(diff))
         table.setVerticalHeaderLabels(list(diff))
         for row, values in enumerate(diff.values()):
@@ -205,7 +206,7 @@ class RunCompare(QWidget):
         table = self.samples
         table.clear()
         table.setColumnCount(len(names))
-        table.setHorizontalHeaderLabels([_short(n) for n in names])
+        table.setHorizontalHeaderLabels(short_names(names))
         table.setRowCount(len(answers))
         table.setVerticalHeaderLabels([p if len(p) <= 40 else p[:39] + "…" for p in answers])
         for row, (prompt, by_run) in enumerate(answers.items()):
@@ -225,3 +226,18 @@ def _short(run_id: str) -> str:
     """'20260101-120000-lr-high' -> 'lr-high' (the timestamp is in the table)."""
     parts = run_id.split("-", 2)
     return parts[2] if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() else run_id
+
+
+def short_names(run_ids: list[str]) -> list[str]:
+    """Legend and column names: the name part alone, unless two runs share it — then with the time
+    each started ('run 14:02:11'), so the lines and columns can always be told apart."""
+    shorts = [_short(r) for r in run_ids]
+    counts = {s: shorts.count(s) for s in shorts}
+    out = []
+    for run_id, short in zip(run_ids, shorts, strict=True):
+        parts = run_id.split("-", 2)
+        if counts[short] > 1 and len(parts) == 3 and len(parts[1]) == 6 and parts[1].isdigit():
+            time = parts[1]
+            short = f"{short} {time[:2]}:{time[2:4]}:{time[4:]}"
+        out.append(short)
+    return out if len(set(out)) == len(out) else list(run_ids)
