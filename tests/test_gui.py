@@ -70,6 +70,17 @@ def test_every_control_of_the_form_has_its_fields_documentation_as_tooltip(windo
             assert page and label
 
 
+def test_an_optional_number_showing_its_none_text_hides_its_unit(window):
+    """ "Stop after: Use epochs steps" read wrong (#24): the unit shows only with a number."""
+    editor = next(
+        e for f in window.findChildren(Form) for d, e in f.editors.items() if d == "training.max_steps"
+    )
+    window.state.set_value("training.max_steps", None)
+    assert editor.widget.text() == "Use epochs" and editor.unit is not None and editor.unit.isHidden()
+    window.state.set_value("training.max_steps", 30)
+    assert not editor.unit.isHidden() and editor.unit.text() == "steps"
+
+
 def test_invalid_settings_block_start_and_show_the_field(qtbot, window):
     page = window.pages["train"]
     rate = page.findChild(QLineEdit, "field:training.learning_rate")

@@ -145,6 +145,8 @@ class Form(QWidget):
                 unit_label = QLabel(unit)
                 unit_label.setObjectName("unit")
                 self.grid.addWidget(unit_label, row, 2)
+                editor.unit = unit_label
+                editor.refresh()
         self.grid.addWidget(editor.error, row + 1, 0, 1, 3)
         self.state.field_labels[dotted] = (self.page, label)
         self.editors[dotted] = editor
@@ -188,6 +190,9 @@ class FieldEditor(QObject):
         self.error.setObjectName("fieldError")
         self.error.setWordWrap(True)
         self.error.hide()
+        #: The unit after the editor ("steps"); hidden while an optional number shows its "none" text,
+        #: which would otherwise read "Use epochs steps".
+        self.unit: QLabel | None = None
         self._updating = False
         self.refresh()
         state.config_changed.connect(self._on_config)
@@ -266,6 +271,8 @@ class FieldEditor(QObject):
                     w.setCursorPosition(0)
         finally:
             self._updating = False
+        if self.unit is not None and self.kind == "optional_int":
+            self.unit.setVisible(value is not None)
 
     def _on_config(self, _config: Any, changed: frozenset[str]) -> None:
         if self.dotted in changed:
