@@ -349,3 +349,24 @@ def test_every_file_of_the_run_and_the_export_has_the_users_umask(exported, run_
             if mode != expected[path.is_dir()]:
                 wrong.append(f"{oct(mode)} {path.relative_to(root.parent)}")
     assert wrong == [], wrong
+
+
+def test_the_qlora_merge_note_shows_only_when_something_is_merged(run_dir, tmp_path):
+    """The "merged into fp32" note showed with only Adapter ticked (#24)."""
+    import shutil
+
+    from lora_studio.core.export import plan_export
+
+    qlora = tmp_path / run_dir.name
+    shutil.copytree(run_dir, qlora)
+    config = RunConfig.load(qlora / "config.toml").with_overrides({"model.quantization": "nf4"})
+    config.save(qlora / "config.toml")
+    note = "QLoRA run: the base model is reloaded unquantized"
+    for formats, expected in (
+        (["adapter"], False),
+        (["gguf-adapter"], False),
+        (["merged"], True),
+        (["gguf"], True),
+    ):
+        plan = plan_export(qlora, formats, tmp_path / "out")
+        assert any(note in w for w in plan.warnings) == expected, formats

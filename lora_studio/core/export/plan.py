@@ -185,7 +185,8 @@ def plan_export(
     if src.run_dir is not None and (src.run_dir / "config.toml").is_file():
         from lora_studio.core.config import RunConfig
 
-        if RunConfig.load(src.run_dir / "config.toml").model.quantization != "none" and peak:
+        merging = {"merged", "gguf"} & set(names)  # the adapter alone, or as GGUF, merges nothing
+        if merging and RunConfig.load(src.run_dir / "config.toml").model.quantization != "none":
             warnings.append(
                 "QLoRA run: the base model is reloaded unquantized (fp32) and the adapter merged into "
                 "those weights, never into 4-bit ones"
