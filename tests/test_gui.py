@@ -203,6 +203,25 @@ def test_memory_plot_shows_gpu_series_and_the_estimate_as_a_dashed_line(qtbot):
     assert memory.viewRange()[1][1] >= 6.0
 
 
+def test_a_single_point_is_drawn_as_a_dot_on_an_axis_around_it(qtbot):
+    """A line through one point drew nothing, on an x axis from −4 to 6 (#24)."""
+    from lora_studio.gui.widgets.plots import LivePlot
+
+    plot = LivePlot("Loss", "Loss")
+    qtbot.addWidget(plot)
+    plot.add_series("loss", "Loss", "#1f77b4")
+    plot.append("loss", 1, 2.5)
+    plot.refresh()
+    item = plot.series["loss"].item
+    assert item.opts["symbol"] == "o"
+    low, high = plot.getPlotItem().getViewBox().viewRange()[0]
+    assert 0 <= low < 1 < high <= 2.5
+    plot.append("loss", 2, 2.0)
+    plot.refresh()
+    assert item.opts["symbol"] is None  # a line again, on the automatic range
+    assert plot.getPlotItem().getViewBox().autoRangeEnabled()[0]
+
+
 def test_the_plot_timer_redraws_one_plot_a_tick_in_turn_and_refresh_redraws_all(qtbot):
     from lora_studio.gui.widgets.training_plots import TrainingPlots
 

@@ -52,11 +52,13 @@ class SeriesBuffer:
 
 
 class _Series:
-    def __init__(self, item: pg.PlotDataItem, name: str) -> None:
+    def __init__(self, item: pg.PlotDataItem, name: str, *, line: bool = True) -> None:
         self.item = item
         self.name = name
         self.buffer = SeriesBuffer()
         self.in_legend = False
+        self.line = line  # a curve (a lone point of it needs a dot to be seen), not a scatter
+        self.dotted = False
 
 
 class LivePlot(pg.PlotWidget):
@@ -95,6 +97,7 @@ class LivePlot(pg.PlotWidget):
         self._dirty: set[str] = set()
         #: Absolute quantities (memory) read wrongly on an axis that does not start at zero.
         self.zero_based = False
+        self._framed = False  # the x range is set by _frame_lone_points, not automatic
         self.empty = pg.TextItem("", anchor=(0.5, 0.5))
         self.empty.setParentItem(item.getViewBox())
         item.getViewBox().sigResized.connect(self._place_empty)
@@ -145,12 +148,15 @@ class LivePlot(pg.PlotWidget):
             style = Qt.PenStyle.DashLine if dashed else Qt.PenStyle.SolidLine
             item = pg.PlotDataItem(
                 pen=pg.mkPen(c, width=width, style=style),
+                symbolBrush=c,  # used only while the curve has a single point (see refresh)
+                symbolPen=None,
+                symbolSize=7,
                 autoDownsampleFactor=DOWNSAMPLE_FACTOR,
                 skipFiniteCheck=True,  # append() keeps NaN and inf out of the buffers
             )
         self.getPlotItem().addItem(item)  # takes the plot's peak mode: set this curve's after it
         item.setDownsampling(auto=True, method=downsample)
-        self.series[key] = _Series(item, name)
+        self.series[key] = _Series(item, name, line=not points)
 
     def add_hline(self, key: str, name: str, colour: str) -> None:
         """A dashed horizontal reference (e.g. the memory estimate), hidden until given a value."""
@@ -195,14 +201,34 @@ class LivePlot(pg.PlotWidget):
         if not self._dirty:
             return False
         for key in self._dirty:
-            x, y = self.series[key].buffer.view()
-            self.series[key].item.setData(x, y)
+            series = self.series[key]
+            x, y = series.buffer.view()
+            lone = series.line and len(x) == 1  # a line through one point draws nothing: show a dot
+            if lone != series.dotted:
+                series.item.setSymbol("o" if lone else None)
+                series.dotted = lone
+            series.item.setData(x, y)
         self._dirty.clear()
+        self._frame_lone_points()
         if self.zero_based:
             tops = [float(s.buffer.view()[1].max()) for s in self.series.values() if s.buffer.n]
             tops += [line.value() for line in self.lines.values() if line.isVisible()]
             self.setYRange(0, max(tops or [1.0]) * 1.15 or 1.0, padding=0)
         return True
+
+    def _frame_lone_points(self) -> None:
+        """While every series has one point, centre the x axis on it: pyqtgraph's automatic range
+        around a single x spans −4 to 6, and a run that stopped at step 1 read as if steps were
+        negative. From the second point on the automatic range takes over again."""
+        shown = [s.buffer.view()[0] for s in self.series.values() if s.buffer.n]
+        if shown and max(len(x) for x in shown) == 1:
+            lo, hi = min(float(x[0]) for x in shown), max(float(x[0]) for x in shown)
+            margin = max(1.0, 0.5 * max(abs(lo), abs(hi)))
+            self.setXRange(max(0.0, lo - margin) if lo >= 0 else lo - margin, hi + margin, padding=0)
+            self._framed = True
+        elif self._framed:
+            self.enableAutoRange(axis="x")
+            self._framed = False
 
     def clear_data(self) -> None:
         for key, series in self.series.items():
