@@ -222,6 +222,22 @@ def test_a_single_point_is_drawn_as_a_dot_on_an_axis_around_it(qtbot):
     assert plot.getPlotItem().getViewBox().autoRangeEnabled()[0]
 
 
+def test_legend_labels_take_the_new_theme_colour(qtbot):
+    """In the dark theme the legend kept the light theme's dark text (#24)."""
+    from PySide6.QtGui import QColor
+
+    from lora_studio.gui import theme as th
+    from lora_studio.gui.widgets.plots import LivePlot
+
+    plot = LivePlot("Loss", "Loss")
+    qtbot.addWidget(plot)
+    plot.add_series("loss", "Loss", "#1f77b4")
+    plot.append("loss", 1, 2.5)  # joins the legend in the light theme
+    plot.apply_theme(th.DARK)
+    ((_sample, label),) = plot.legend.items
+    assert QColor(th.DARK.plot_fg).name() in label.item.toHtml().lower()
+
+
 def test_the_plot_timer_redraws_one_plot_a_tick_in_turn_and_refresh_redraws_all(qtbot):
     from lora_studio.gui.widgets.training_plots import TrainingPlots
 

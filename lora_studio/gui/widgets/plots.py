@@ -251,6 +251,8 @@ class LivePlot(pg.PlotWidget):
             ax.setPen(pg.mkPen(theme.plot_fg))
             ax.setTextPen(pg.mkPen(theme.plot_fg))
         self.legend.setLabelTextColor(theme.plot_fg)
+        for _sample, label in self.legend.items:  # pyqtgraph keeps an existing label's old colour
+            label.setText(label.text)  # until its text is set again: dark text on a dark plot
         self.empty.setColor(theme.muted)
         bg = QColor(theme.plot_bg)
         bg.setAlpha(200)
