@@ -79,6 +79,12 @@ def test_savers_that_are_off_show_as_off_and_the_advice_names_each_with_its_savi
         assert saver in advice and "saves" in advice.split(saver, 1)[1].split("</div>")[0], saver
 
 
+def test_the_device_line_on_the_bar_says_whose_memory_it_is(panel):
+    """An unlabelled black line stood at ~96% of the bar (#24)."""
+    assert panel.bar.bar.device_label == "RTX 3060 · 12.0 GB"
+    assert "RTX 3060" in panel.bar.bar.toolTip()
+
+
 def test_choosing_savers_in_the_panel_changes_the_config_and_the_breakdown(qtbot, panel):
     state = panel.state
     before = panel.bar.estimate

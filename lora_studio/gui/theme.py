@@ -30,16 +30,18 @@ SERIES = {
 }
 
 #: Memory-estimate components, in the order the bar stacks them.
+#: Memory components and their colours: the Okabe–Ito palette, told apart also with the common
+#: colour-vision deficiencies (neighbours differ in hue *and* lightness; the two greys in lightness).
 COMPONENTS = {
-    "weights_quantized": ("Quantized weights", "#3b82f6"),
-    "weights_unquantized": ("Other weights", "#60a5fa"),
-    "lora_weights": ("LoRA weights", "#10b981"),
-    "gradients": ("Gradients", "#a855f7"),
-    "optimizer": ("Optimizer state", "#ec4899"),
-    "activations": ("Activations", "#f59e0b"),
-    "logits": ("Logits and loss", "#f97316"),
-    "temporaries": ("Backward temporaries", "#84cc16"),
-    "overhead": ("Framework overhead", "#8b95a5"),
+    "weights_quantized": ("Quantized weights", "#0072b2"),
+    "weights_unquantized": ("Other weights", "#56b4e9"),
+    "lora_weights": ("LoRA weights", "#009e73"),
+    "gradients": ("Gradients", "#d55e00"),
+    "optimizer": ("Optimizer state", "#f0e442"),
+    "activations": ("Activations", "#e69f00"),
+    "logits": ("Logits and loss", "#cc79a7"),
+    "temporaries": ("Backward temporaries", "#6b6b6b"),
+    "overhead": ("Framework overhead", "#b0b0b0"),
 }
 
 

@@ -33,6 +33,7 @@ class _Bar(QWidget):
         super().__init__()
         self.segments: list[tuple[str, int]] = []
         self.device_bytes: int | None = None
+        self.device_label = ""  # written beside the marker: "RTX 3060 · 12.0 GB"
         self.total = 0
         self.setMinimumHeight(34)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
@@ -61,7 +62,27 @@ class _Bar(QWidget):
             over = self.total > self.device_bytes
             p.setPen(QPen(QColor(t.error if over else t.text), 2.5))
             p.drawLine(int(marker), 0, int(marker), self.height())
+            self._label_marker(p, marker, x, rect)
         p.end()
+
+    def _label_marker(self, p: QPainter, marker: float, filled: float, rect: QRectF) -> None:
+        """Say what the line is, where there is room: left of it over the empty part, else right."""
+        if not self.device_label:
+            return
+        font = p.font()
+        font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
+        p.setFont(font)
+        width = p.fontMetrics().horizontalAdvance(self.device_label) + 12
+        if marker - filled >= width:
+            box = QRectF(marker - width, rect.top(), width - 6, rect.height())
+            align = Qt.AlignmentFlag.AlignRight
+        elif rect.right() - marker >= width:
+            box = QRectF(marker + 6, rect.top(), width - 6, rect.height())
+            align = Qt.AlignmentFlag.AlignLeft
+        else:
+            return  # the tooltip still says it
+        p.setPen(QColor(self.theme.muted))
+        p.drawText(box, align | Qt.AlignmentFlag.AlignVCenter, self.device_label)
 
 
 class MemoryBar(QWidget):
@@ -110,6 +131,9 @@ class MemoryBar(QWidget):
         device = estimate.get("device_bytes")
         self.bar.segments = [(k, int(sizes.get(k) or 0)) for k in th.COMPONENTS if sizes.get(k)]
         self.bar.total, self.bar.device_bytes = total, device
+        memory = device_name if device_name and device_name != "this computer" else "This computer"
+        self.bar.device_label = f"{memory} · {gb(device)}" if device else ""
+        self.bar.setToolTip(f"The line marks the memory of {device_name or 'the device'}" if device else "")
         self.bar.update()
         where = f" {'in' if device_name == 'this computer' else 'on'} {device_name}" if device_name else ""
         fits = estimate.get("fits")
