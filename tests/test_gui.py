@@ -81,6 +81,27 @@ def test_an_optional_number_showing_its_none_text_hides_its_unit(window):
     assert not editor.unit.isHidden() and editor.unit.text() == "steps"
 
 
+def test_at_the_default_size_no_unit_of_the_settings_columns_is_cut_off(qtbot, window):
+    """At 1360×860 "passes", "examples" and "checkpoints" ran past the Train column's edge (#24)."""
+    from PySide6.QtCore import QPoint
+    from PySide6.QtWidgets import QLabel
+
+    window.resize(1360, 860)
+    for key in ("model", "data", "train"):
+        window.show_page(key)
+        qtbot.wait(50)
+        for form in window.pages[key].findChildren(Form):
+            area = form.parentWidget()
+            while area is not None and not hasattr(area, "viewport"):
+                area = area.parentWidget()
+            for unit in form.findChildren(QLabel, "unit"):
+                if not unit.isVisibleTo(window):
+                    continue
+                right = unit.mapTo(area.viewport(), QPoint(unit.width(), 0)).x()
+                assert unit.width() >= unit.sizeHint().width(), (key, unit.text())
+                assert right <= area.viewport().width(), (key, unit.text(), right, area.viewport().width())
+
+
 def test_invalid_settings_block_start_and_show_the_field(qtbot, window):
     page = window.pages["train"]
     rate = page.findChild(QLineEdit, "field:training.learning_rate")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSize, Qt
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -53,13 +53,25 @@ def scroll(*widgets: QWidget) -> QScrollArea:
     for widget in widgets:
         column.addWidget(widget)
     column.addStretch(1)
-    area = QScrollArea()
+    area = _Column()
     area.setWidgetResizable(True)
     area.setWidget(inner)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    # never narrower than the cards can be: a squeezed column would clip text instead of wrapping it
-    area.setMinimumWidth(inner.minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width() + 2)
     return area
+
+
+class _Column(QScrollArea):
+    """Never narrower than its cards can be: a squeezed column clips text (a form's units) instead of
+    wrapping it. Asked each time, not fixed once: fonts and the style sheet change the cards' widths
+    after construction (a fixed width taken before them cut "passes" and "checkpoints" off)."""
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        inner = self.widget()
+        if inner is not None:
+            width = inner.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 2
+            hint.setWidth(max(hint.width(), width))
+        return hint
 
 
 class ModelPage(Page):

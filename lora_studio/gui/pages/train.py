@@ -61,7 +61,6 @@ class TrainPage(Page):
 
         self.content.addWidget(self._controls())
         self.form = scroll(*build_form(state))
-        self.form.setMinimumWidth(340)
         self.plots = TrainingPlots()
         self.log = LogView()
         self.samples = SamplesView()
