@@ -180,8 +180,10 @@ def test_a_run_without_held_out_data_needs_an_eval_file(tiny_model_dir, tmp_path
     data = write_reviews(tmp_path / "d.jsonl", 10)
     config = RunConfig.from_dict({"model": {"source": str(tiny_model_dir)}, "data": {"path": str(data)}})
     folder = RunFolder.create(config, tmp_path / "runs")
-    with pytest.raises(EvaluationError, match="no held-out eval data"):
+    with pytest.raises(EvaluationError, match="none were held out") as info:
         load_eval_set(run=folder)
+    # words for the app as well as the command line, no internal field names (#24)
+    assert "Held out for evaluation" in info.value.hint and "eval_fraction = 0" not in str(info.value)
     split = RunFolder.create(config.with_overrides({"data.eval_fraction": 0.3}), tmp_path / "runs")
     eval_set = load_eval_set(run=split)
     assert len(eval_set.items) == 3 and eval_set.name.startswith("eval split of")

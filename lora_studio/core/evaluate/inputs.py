@@ -164,13 +164,16 @@ def load_eval_set(
             )
         else:
             raise EvaluationError(
-                f"{run.run_id} has no held-out eval data (data.eval_fraction = 0, no data.eval_path)",
-                hint="choose an eval file (--data FILE on the command line); evaluating on the training data would "
-                "flatter the model",
+                f"{run.run_id} trained on all of its examples: none were held out to evaluate it on",
+                hint="choose a dataset file to evaluate on (in the app: Examples → a file; on the command line: "
+                "--data FILE), or train with some data held out (Data page: Held out for evaluation, e.g. "
+                "0.1); scoring it on its own training data would flatter it",
             )
     else:
         raise EvaluationError(
-            "no eval data", hint="choose an eval file (--data FILE) or a run with an eval split"
+            "nothing to evaluate on",
+            hint="choose a dataset file (in the app: Examples → a file; on the command line: --data FILE), "
+            "or a run that held out some of its data",
         )
     items = [_item(i, conv) for i, conv in enumerate(conversations)]
     return EvalSet(name=name, source=source, data=settings, items=items)
