@@ -49,7 +49,10 @@ def _users_files_untouched():
     yield
     changed = user_files.changes(_REAL_BEFORE, user_files.snapshot(_REAL_LOCATIONS))
     shutil.rmtree(_SANDBOX, ignore_errors=True)
-    assert not changed, "tests changed the user's own LoRA Studio files:\n" + "\n".join(changed[:20])
+    assert not changed, (
+        "the user's own LoRA Studio files changed during the tests (a test that writes there, or the app "
+        "or `make bench` running meanwhile):\n" + "\n".join(changed[:20])
+    )
 
 
 @pytest.fixture(scope="session")

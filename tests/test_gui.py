@@ -55,6 +55,8 @@ def test_the_window_opens_with_every_page_and_navigates_by_keyboard(qtbot, windo
     data = window.pages["data"]
     assert data.preview.examples and data.histogram.bar_count > 0
     assert "16 records" in data.status.text()
+    # the preview says it shows the first few of the records, not that the data has 8 (#24)
+    assert data.preview.position.text().startswith("Example 1 of 8 shown (of 16 records)")
 
 
 def test_every_control_of_the_form_has_its_fields_documentation_as_tooltip(window):

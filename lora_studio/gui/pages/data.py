@@ -220,7 +220,7 @@ class DataPage(Page):
             + (" · no chat template: using the simple fallback" if stats.fallback_template else "")
         )
         self._fill_numbers(stats)
-        self.preview.set_examples(overview.examples)
+        self.preview.set_examples(overview.examples, records=stats.records)
 
     def _failed(self, error: Exception) -> None:
         self.status.setText("The data could not be read.")

@@ -62,6 +62,7 @@ class PreviewView(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.text, 1)
         self.examples: list[Any] = []
+        self.records: int | None = None
         self.index = 0
         self.theme = th.LIGHT
         self.set_examples([])
@@ -70,8 +71,10 @@ class PreviewView(QWidget):
         self.theme = theme
         self.show_example(self.index)
 
-    def set_examples(self, examples: list[Any]) -> None:
+    def set_examples(self, examples: list[Any], records: int | None = None) -> None:
+        """Show ``examples`` (the first few of the data); ``records``: how many the data has in all."""
         self.examples = examples
+        self.records = records
         self.show_example(0)
 
     def show_example(self, index: int) -> None:
@@ -94,8 +97,11 @@ class PreviewView(QWidget):
             notes.append(f"cut from {example.original_tokens} tokens")
         if example.dropped:
             notes.append("dropped: nothing left to train on")
+        of = f"{len(self.examples)}"
+        if self.records is not None and self.records > len(self.examples):
+            of = f"{len(self.examples)} shown (of {self.records:,} records)"
         self.position.setText(
-            f"Example {self.index + 1} of {len(self.examples)} · {example.tokens} tokens, "
+            f"Example {self.index + 1} of {of} · {example.tokens} tokens, "
             f"{example.trainable_tokens} trained" + (f" · {', '.join(notes)}" if notes else "")
         )
         self.position.setToolTip(example.location)
@@ -145,7 +151,8 @@ class LengthHistogram(LivePlot):
         self.limit.setValue(max_seq_len)
         cut = f", {truncated} cut" if truncated else ""
         self.limit.label.setFormat(f"max length {max_seq_len}{cut}")
-        self.title_text = f"Example lengths — maximum {max_seq_len} tokens{cut}"
+        # the count cut goes on the limit line and in the Statistics: in the title it was clipped
+        self.title_text = f"Example lengths — maximum {max_seq_len} tokens"
         self.getPlotItem().setTitle(self.title_text, color=self._fg, size="10pt")
         right = max(longest, max_seq_len if near else 0) * 1.05 or 1
         left = max(0, edges[0] - (edges[1] - edges[0])) if len(edges) > 1 else 0
