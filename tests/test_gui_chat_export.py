@@ -56,6 +56,25 @@ def send(qtbot, page, text: str) -> None:
     wait_answered(qtbot, page)  # loads first if needed
 
 
+def test_a_side_stopped_before_its_turn_says_stopped_not_no_answer(qtbot, tiny_model_dir, tmp_path):
+    """Side by side, Stop during the base model's answer left the fine-tuned pane with "(no text) /
+    no answer" (#24)."""
+    import threading
+    from types import SimpleNamespace
+
+    from lora_studio.gui.widgets.chat_view import Turn
+
+    page = make_page(qtbot, "chat", tiny_model_dir, tmp_path)
+    turn = Turn("assistant", "", pending=True)
+    page.views["tuned"].turns.append(turn)
+    page.pending = {"tuned": turn}
+    cancel = threading.Event()
+    cancel.set()
+    page.worker = SimpleNamespace(cancel=cancel)  # the answering worker, asked to stop
+    page._answers_done()
+    assert turn.stats == "stopped before it answered" and "(stopped)" in page.views["tuned"].toHtml()
+
+
 def test_chat_streams_an_answer_then_stops_and_reports_errors(qtbot, tiny_model_dir, tmp_path):
     page = make_page(qtbot, "chat", tiny_model_dir, tmp_path)
     page.max_tokens.setValue(12)

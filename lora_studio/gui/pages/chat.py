@@ -411,9 +411,10 @@ class ChatPage(Page):
 
     def _answers_done(self) -> None:
         self._flush()
+        stopped = self.worker is not None and self.worker.cancel.is_set()
         for side, turn in list(self.pending.items()):  # not answered: failed, or stopped before its turn
             turn.pending = False
-            turn.stats = "no answer"
+            turn.stats = "stopped before it answered" if stopped else "no answer"
             if self.history[side] and self.history[side][-1]["role"] == "user":
                 self.history[side].pop()
             self.views[side].render()

@@ -105,7 +105,8 @@ class Transcript(QTextBrowser):
         for turn in self.turns:
             who = "You" if turn.role == "user" else "Assistant"
             colour = c["accent"] if turn.role == "user" else c["muted"]
-            body = markdown_html(turn.text, c["code"]) or ("…" if turn.pending else "<i>(no text)</i>")
+            empty = "(stopped)" if turn.stats.startswith("stopped") else "(no text)"
+            body = markdown_html(turn.text, c["code"]) or ("…" if turn.pending else f"<i>{empty}</i>")
             cursor = " ▍" if turn.pending else ""
             parts.append(
                 f'<p style="margin-top:10px;"><b style="color:{colour};">{who}</b><br>{body}{cursor}</p>'
