@@ -136,6 +136,7 @@ class MainWindow(QMainWindow):
         self.state.config_changed.connect(lambda *_: self._save_config_soon())
         self.state.run_state_changed.connect(self._on_run_state)
         self.state.model_info_changed.connect(lambda _info: self._update_model_label())
+        self.state.chat_model_changed.connect(lambda _text: self._update_model_label())
         self.state.device_changed.connect(self._on_device)
         self.set_theme_mode(self.theme_mode)
         self.setWindowIcon(icons.app_icon())
@@ -280,7 +281,9 @@ class MainWindow(QMainWindow):
             loaded = "loaded, paused"
         else:
             loaded = "not loaded"
-        self.model_label.setText(f"Model: {name} ({loaded})")
+        # the training model's state; what Chat has loaded (maybe another model) is said beside it
+        chat = f" · Chat: {self.state.chat_model}" if self.state.chat_model else ""
+        self.model_label.setText(f"Model: {name} ({loaded}){chat}")
 
     def _on_run_state(self, state: str, detail: str) -> None:
         word = _RUN_WORDS.get(state, state)

@@ -32,6 +32,7 @@ class AppState(QObject):
     estimate_changed = Signal(object)  # MemoryEstimate.to_dict(), or None
     run_state_changed = Signal(str, str)  # (state, detail)
     theme_changed = Signal(object)  # Theme
+    chat_model_changed = Signal(str)  # what the Chat page has loaded ("" when nothing)
 
     def __init__(self, config: RunConfig | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -42,6 +43,7 @@ class AppState(QObject):
         self.model_failure: Exception | None = None
         self.device: Any = None
         self.estimate: dict[str, Any] | None = None
+        self.chat_model = ""  # what the Chat page has loaded, in words (the status bar shows it)
         self.run_state = "idle"
         self.run_detail = ""
         self.theme: Any = None
@@ -179,6 +181,11 @@ class AppState(QObject):
     def set_device(self, device: Any) -> None:
         self.device = device
         self.device_changed.emit(device)
+
+    def set_chat_model(self, description: str) -> None:
+        if description != self.chat_model:
+            self.chat_model = description
+            self.chat_model_changed.emit(description)
 
     def set_estimate(self, estimate: dict[str, Any] | None) -> None:
         self.estimate = estimate

@@ -234,6 +234,7 @@ class ChatPage(Page):
         if self.generating or self.loading:
             return
         self.chat, self.loaded, self.loading = None, None, True
+        self.state.set_chat_model("")
         kind, path = choice
         self.model_status.setText("Loading…")
         self.messages.clear()
@@ -250,6 +251,7 @@ class ChatPage(Page):
         self.loaded, self.loading = choice, False
         adapter = "adapter loaded" if self.chat.has_adapter else "no adapter"
         self.model_status.setText(f"Loaded: {description} · {adapter}")
+        self.state.set_chat_model(description)
         self.set_table.set_columns(["Base model", "Fine-tuned"] if self.chat.has_adapter else ["Base model"])
         if not self.chat.has_adapter and self.side_by_side.isChecked():
             self.side_by_side.setChecked(False)
@@ -269,6 +271,7 @@ class ChatPage(Page):
         if self.loaded and self.loaded[0] == "paused" and state != "paused":
             self.stop()
             self.chat, self.loaded = None, None
+            self.state.set_chat_model("")
             self.model_status.setText("The training run continued: its model is no longer available here.")
             self._update_buttons()
 
