@@ -178,7 +178,10 @@ def test_a_generation_fault_shows_one_message_and_the_next_message_is_answered(q
     assert page.history["main"] == []  # the failed question is not sent again as context
     assert page.send_button.isEnabled() and page.chat is not None
     # the status bar says what Chat has loaded, not only "(not loaded)" for the training model (#24)
-    assert "· Chat: " in window.model_label.text() and page.state.chat_model in window.model_label.text()
+    from lora_studio.gui.app import _short_paths
+
+    assert window.model_label.text().endswith(f"· Chat: {_short_paths(page.state.chat_model)}")
+    assert page.state.chat_model
     # the next action: the same model answers the next message (the fault hit the first only)
     page.prompt.setPlainText("Say hello.")
     page.send()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +60,11 @@ def settings() -> QSettings:
     if path:
         return QSettings(path, QSettings.Format.IniFormat)
     return QSettings("lora-studio", "LoRA Studio")
+
+
+def _short_paths(text: str) -> str:
+    """Absolute paths cut to their last two parts: the status bar has one line for several facts."""
+    return re.sub(r"(?<!\S)/\S+", lambda m: "/".join(Path(m.group(0)).parts[-2:]), text)
 
 
 def classify_drop(path: Path) -> str | None:
@@ -282,7 +288,7 @@ class MainWindow(QMainWindow):
         else:
             loaded = "not loaded"
         # the training model's state; what Chat has loaded (maybe another model) is said beside it
-        chat = f" · Chat: {self.state.chat_model}" if self.state.chat_model else ""
+        chat = f" · Chat: {_short_paths(self.state.chat_model)}" if self.state.chat_model else ""
         self.model_label.setText(f"Model: {name} ({loaded}){chat}")
 
     def _on_run_state(self, state: str, detail: str) -> None:
