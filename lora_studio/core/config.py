@@ -327,7 +327,11 @@ class OutputSection(_Section):
         None,
         description="Folder that holds run folders. Default: $LORA_STUDIO_RUNS_DIR or the app's data folder.",
     )
-    run_name: str = Field("run", description="Name appended to the run id (YYYYmmdd-HHMMSS-name).")
+    run_name: str = Field(
+        "run",
+        description="Name appended to the run id (YYYYmmdd-HHMMSS-name). Left at 'run', the run is named "
+        "by what tells it apart: model, weights, LoRA rank and learning rate (smollm2-135m-nf4-r16-lr5e-4).",
+    )
 
     @field_validator("run_name")
     @classmethod
