@@ -168,3 +168,16 @@ def test_supervised_data_is_not_preference_data(tmp_path):
     with pytest.raises(DatasetError, match="not preference data") as info:
         load_preferences(sft)
     assert info.value.hint and "chosen" in info.value.hint
+
+
+def test_a_record_of_another_shape_is_named_as_such(tmp_path):
+    implicit = {"chosen": [USER, GOOD], "rejected": [USER, BAD]}
+    explicit = {"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}
+    with pytest.raises(
+        DatasetError, match="record is explicit preference data but this file is implicit"
+    ) as info:
+        load_preferences(write(tmp_path, [implicit, implicit, explicit]))
+    assert info.value.record == 3
+    with pytest.raises(DatasetError, match="missing required field") as info:
+        load_preferences(write(tmp_path, [explicit, explicit, {"prompt": "Q?", "chosen": "Yes."}], "b.jsonl"))
+    assert (info.value.record, info.value.field) == (3, "rejected")

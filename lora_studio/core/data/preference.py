@@ -206,7 +206,13 @@ def load_preferences(
 
 def _convert(raw: RawRecord, fmt: str) -> PreferencePair | LabelledAnswer:
     where = {"file": raw.file, "line": raw.line, "record": raw.index}
-    if preference_format(raw.data) != fmt:
+    other = preference_format(raw.data)
+    if other != fmt:
+        if other is not None:
+            raise raw.error(
+                f"record is {other} preference data but this file is {fmt}: a file must not mix shapes",
+                hint="convert the record, or split the file by shape",
+            )
         missing = next((n for n in _REQUIRED[fmt] if n not in raw.data), None)
         fields = ", ".join(repr(k) for k in raw.data) or "none"
         if missing is None:  # kto: label without prompt/completion or messages
