@@ -148,8 +148,13 @@ def test_export_page_exports_an_adapter_and_shows_verification(qtbot, tiny_model
         box.setChecked(fmt == "adapter")
     qtbot.waitUntil(lambda: page.plan is not None and not page.task.busy, timeout=60_000)
     assert "adapter" in page.plan_text.text() and "disk" in page.plan_text.text()
+    seen = []
     page.start()
+    page.worker.progress.connect(lambda e: seen.append((e.stage, page.progress.value())))
     qtbot.waitUntil(lambda: page.report is not None, timeout=60_000)
+    # never full while work remains: it stood at 100% through the last verification (#24)
+    assert seen and all(value < page.progress.maximum() for _, value in seen), seen
+    assert any(stage == "verify" for stage, _ in seen)
     wait_workers(qtbot)
     assert page.report.status == "completed" and page.report.verified is True
     row = page.results.topLevelItem(0)

@@ -302,7 +302,10 @@ class ExportPage(Page):
         self.log.appendPlainText(f"{event.stage}: {event.message}")
         if event.stage in ("load", "write", "verify"):
             self._steps.add((event.stage, event.format))
-        self.progress.setValue(min(len(self._steps), self.progress.maximum()))
+        # the step that just began is not done: the bar shows the ones before it, and reaches the
+        # end only when the report arrives (it stood at 100% through the last verification)
+        done = max(0, len(self._steps) - 1)
+        self.progress.setValue(min(done, self.progress.maximum() - 1))
 
     def _finished(self, report: Any) -> None:
         self.report = report
