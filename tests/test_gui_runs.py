@@ -263,3 +263,26 @@ def test_resume_from_the_page_finishes_a_stopped_run_with_every_step_once(
         qtbot.waitUntil(lambda: rows(page).get(run_id, ["", ""])[1] == "completed", timeout=30_000)
     finally:
         close_window(window)
+
+
+def test_a_run_that_finished_since_the_last_look_is_preselected_for_export_and_chat(qtbot, tmp_path):
+    """The run just finished was not preselected on the Export (or Chat) page (#24)."""
+    from lora_studio.gui.widgets.sources import SourcePicker
+
+    def with_adapter(name: str) -> RunFolder:
+        run = make_run(tmp_path, name, 1e-4)
+        run.adapter_dir.mkdir()
+        (run.adapter_dir / "adapter_config.json").write_text("{}")
+        return run
+
+    picker = SourcePicker(base=False)
+    qtbot.addWidget(picker)
+    first = with_adapter("first")
+    picker.refresh(tmp_path)
+    assert picker.choice() == ("run", str(first.path))
+    picker.select("folder", str(tmp_path / "elsewhere"))  # the person chose something else
+    picker.refresh(tmp_path)
+    assert picker.choice() == ("folder", str(tmp_path / "elsewhere"))  # kept: nothing new
+    second = with_adapter("second")
+    picker.refresh(tmp_path)
+    assert picker.choice() == ("run", str(second.path))  # the new run, ready to export or chat

@@ -206,9 +206,10 @@ class ExportPage(Page):
     # -- planning ---------------------------------------------------------------------------------
 
     def page_shown(self) -> None:
-        if self.worker is None and self.report is None:
+        if self.worker is None:
+            before = self.picker.choice()
             self.picker.refresh(self.state.config.output.runs_dir)
-            if self.plan is None:
+            if self.plan is None or self.picker.choice() != before:  # e.g. a run just finished
                 self._source_chosen(self.picker.choice())
 
     def _source_chosen(self, choice: tuple[str, str]) -> None:

@@ -32,6 +32,7 @@ class SourcePicker(QComboBox):
         self.offer_base = base
         self.offer_paused = False
         self.folders: list[str] = []
+        self._runs_seen: set[str] | None = None  # finished runs at the last refresh (None: never)
         self.setMinimumContentsLength(40)
         self.activated.connect(self._activated)
 
@@ -44,15 +45,22 @@ class SourcePicker(QComboBox):
             self.addItem("Base model only", _key("base"))
         if paused:
             self.addItem("Current paused run (the Train page's model)", _key("paused"))
+        finished = []
         for run in reversed(list_runs(Path(runs_root) if runs_root else None)):
             if (run.adapter_dir / "adapter_config.json").is_file():
                 self.addItem(f"Run {run.run_id} — final adapter", _key("run", str(run.path)))
+                finished.append(_key("run", str(run.path)))
             for step, path in reversed(run.checkpoints()):
                 self.addItem(f"Run {run.run_id} — checkpoint {step}", _key("checkpoint", str(path)))
         for folder in self.folders:
             self.addItem(f"Adapter folder {folder}", _key("folder", folder))
         self.addItem("Adapter folder…", BROWSE)
         index = self.findData(current) if current else -1
+        # a run that finished since the last look is what a person wants next: it is preselected
+        new = [key for key in finished if self._runs_seen is not None and key not in self._runs_seen]
+        if new:
+            index = self.findData(new[0])
+        self._runs_seen = set(finished)
         self.setCurrentIndex(index if index >= 0 and current != BROWSE else 0)
         self.blockSignals(False)
 
