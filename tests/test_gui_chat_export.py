@@ -75,6 +75,28 @@ def test_a_side_stopped_before_its_turn_says_stopped_not_no_answer(qtbot, tiny_m
     assert turn.stats == "stopped before it answered" and "(stopped)" in page.views["tuned"].toHtml()
 
 
+def test_a_run_finished_while_chatting_is_chosen_and_answers_the_next_message(
+    qtbot, tiny_model_dir, tmp_path, monkeypatch
+):
+    """After a run finished, Chat stayed on the old model (#24); now the new run is chosen, the page
+    says so, and the next message loads it — what the picker shows is what answers."""
+    from lora_studio.core.runs import RunFolder
+
+    page = make_page(qtbot, "chat", tiny_model_dir, tmp_path)
+    page.refresh_sources()
+    page.chat, page.loaded = object(), page.picker.choice()  # a model loaded a while ago
+    assert page._loaded_or_load(lambda: None)
+    run = RunFolder.create(page.state.config, Path(page.state.config.output.runs_dir))
+    run.adapter_dir.mkdir()
+    (run.adapter_dir / "adapter_config.json").write_text("{}")
+    page.refresh_sources()  # what a finished run triggers (run state change)
+    assert page.picker.choice() == ("run", str(run.path))
+    assert "A run just finished" in page.model_status.text()
+    loads = []
+    monkeypatch.setattr(page, "load", loads.append)
+    assert not page._loaded_or_load(lambda: None) and loads == [("run", str(run.path))]
+
+
 def test_chat_streams_an_answer_then_stops_and_reports_errors(qtbot, tiny_model_dir, tmp_path):
     page = make_page(qtbot, "chat", tiny_model_dir, tmp_path)
     page.max_tokens.setValue(12)

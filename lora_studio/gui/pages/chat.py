@@ -227,7 +227,14 @@ class ChatPage(Page):
         self.refresh_sources()
 
     def refresh_sources(self) -> None:
+        before = self.picker.choice()
         self.picker.refresh(self.state.config.output.runs_dir, paused=self.state.run_state == "paused")
+        after = self.picker.choice()
+        if self.chat is not None and after != before and after != self.loaded:
+            # a run just finished and the picker chose it: say so, and answer with it from now on
+            self.model_status.setText(
+                "A run just finished: its adapter is chosen and loads with your next message."
+            )
 
     def load(self, choice: tuple[str, str]) -> None:
         """Load a picker entry in a worker; the previous model is released first."""
@@ -327,8 +334,8 @@ class ChatPage(Page):
         workers.start(worker, on_errored=self._answer_failed, on_finished=self._answers_done)
 
     def _loaded_or_load(self, then: Callable[[], None]) -> bool:
-        """True when a model is loaded; else load the chosen one and call ``then`` once it is."""
-        if self.chat is not None:
+        """True when the chosen model is loaded; else load it and call ``then`` once it is."""
+        if self.chat is not None and self.loaded == self.picker.choice():
             return True
         self._after_load = then
         self.load(self.picker.choice())
