@@ -30,6 +30,8 @@ _display: object | None = None
 
 def capture(app: object, window: object, path: Path) -> Path:
     """Save what ``window`` shows on screen (its client area) as PNG."""
+    if _display is not None:  # the pointer off the window: the framebuffer holds the cursor and its hover
+        _display.xdotool("mousemove", str(_display.width - 1), str(_display.height - 1))  # type: ignore[attr-defined]
     for _ in range(10):
         app.processEvents()  # type: ignore[attr-defined]
         time.sleep(0.05)
@@ -42,11 +44,6 @@ def capture(app: object, window: object, path: Path) -> Path:
 
     corner = window.mapToGlobal(QPoint(0, 0))  # type: ignore[attr-defined]
     rect = (corner.x(), corner.y(), window.width(), window.height())  # type: ignore[attr-defined]
-    # the pointer off the window: the framebuffer holds the cursor and whatever it hovers
-    _display.xdotool("mousemove", str(_display.width - 1), str(_display.height - 1))  # type: ignore[attr-defined]
-    for _ in range(4):
-        app.processEvents()  # type: ignore[attr-defined]
-        time.sleep(0.05)
     return xserver.write_png(path, xserver.crop(_display.screenshot(), rect))  # type: ignore[attr-defined]
 
 

@@ -9,7 +9,6 @@ Start refuses to run while anything is pending (:meth:`validate`).
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,6 @@ class AppState(QObject):
         self.theme: Any = None
         #: What a page may use while a run is paused (the engine lends its model here).
         self.shared_model = SharedModel()
-        self.shared_model_lock = threading.Lock()
         #: dotted name -> (page title, label): lets messages name a field the way the user sees it.
         self.field_labels: dict[str, tuple[str, str]] = {}
 

@@ -38,7 +38,7 @@ from lora_studio.core.data.files import (
     readable_records,
     resolve_paths,
 )
-from lora_studio.core.data.formats import ROLES, _content, _kind
+from lora_studio.core.data.formats import ROLES, _content, _kind, error_dict
 from lora_studio.core.errors import DatasetError
 
 #: Detection order: the first shape whose fields a record has wins.
@@ -101,8 +101,6 @@ class PreferenceReport:
         return "labels" if self.format == "kto" else "pairs"
 
     def to_dict(self) -> dict[str, Any]:
-        from lora_studio.core.data.formats import error_dict
-
         data = asdict(self)
         data["kind"] = self.kind
         data["skipped"] = [error_dict(e) for e in self.skipped]

@@ -224,7 +224,8 @@ class LivePlot(pg.PlotWidget):
         if shown and max(len(x) for x in shown) == 1:
             lo, hi = min(float(x[0]) for x in shown), max(float(x[0]) for x in shown)
             margin = max(1.0, 0.5 * max(abs(lo), abs(hi)))
-            self.setXRange(max(0.0, lo - margin) if lo >= 0 else lo - margin, hi + margin, padding=0)
+            low = lo - margin if lo < 0 else max(0.0, lo - margin)  # steps and tokens never go negative
+            self.setXRange(low, hi + margin, padding=0)
             self._framed = True
         elif self._framed:
             self.enableAutoRange(axis="x")
