@@ -27,6 +27,12 @@ DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completio
 Optimizer = Literal["adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"]
 Scheduler = Literal["linear", "cosine", "constant_with_warmup"]
 LoraInit = Literal["default", "gaussian", "pissa", "olora"]
+Method = Literal["sft", "dpo", "kto", "orpo", "simpo"]
+DpoLoss = Literal["sigmoid", "ipo", "hinge", "robust"]
+#: Methods that learn from chosen/rejected pairs; KTO learns from answers labelled good or bad.
+PAIR_METHODS = ("dpo", "orpo", "simpo")
+#: Methods that compare with a reference model (the base with the adapter switched off).
+REFERENCE_METHODS = ("dpo", "kto")
 
 
 class _Section(BaseModel):
@@ -225,6 +231,13 @@ class DataSection(_Section):
 
 
 class TrainingSection(_Section):
+    method: Method = Field(
+        "sft",
+        description="What the run learns from. 'sft': example answers (supervised fine-tuning). "
+        "'dpo', 'orpo', 'simpo': pairs of a chosen and a rejected answer; 'kto': answers labelled "
+        "good or bad. DPO and KTO also run the base model (adapter off) as the reference: about 2x "
+        "the compute of SFT per example; ORPO and SimPO need no reference.",
+    )
     epochs: float = Field(3.0, description="Passes over the training data. Ignored when max_steps is set.")
     max_steps: int | None = Field(
         None, description="Stop after this many optimizer steps (overrides epochs)."
@@ -322,6 +335,60 @@ class TrainingSection(_Section):
         return self
 
 
+class PreferenceSection(_Section):
+    beta: float = Field(
+        0.1,
+        description="DPO/KTO/ORPO/SimPO: how strongly the preference is enforced. Lower lets the "
+        "model move further from the reference; DPO/KTO commonly 0.1, SimPO 2.0, ORPO 0.1.",
+    )
+    loss_type: DpoLoss = Field(
+        "sigmoid",
+        description="DPO only: 'sigmoid' (the DPO paper), 'ipo' (squared, resists overfitting "
+        "small sets), 'hinge' (SLiC), 'robust' (tolerates some mislabelled pairs; uses "
+        "label_smoothing).",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        description="DPO: the share of pairs you believe are mislabelled (0 to 0.5); softens the "
+        "loss on pairs the model strongly disagrees with.",
+    )
+    simpo_gamma: float = Field(
+        0.5,
+        description="SimPO only: the target reward margin between chosen and rejected answers.",
+    )
+    desirable_weight: float = Field(
+        1.0,
+        description="KTO only: weight of the answers labelled good. With unbalanced labels, keep "
+        "desirable_weight x good answers within 1 to 1.33x undesirable_weight x bad answers.",
+    )
+    undesirable_weight: float = Field(1.0, description="KTO only: weight of the answers labelled bad.")
+    init_adapter: str | None = Field(
+        None,
+        description="Start from the adapter of an earlier run (its run folder or an adapter folder), "
+        "as in SFT then DPO. Preference methods then compare against base + that adapter (frozen, "
+        "no second copy of the base).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PreferenceSection:
+        problems: list[tuple[str, str]] = []
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            problems.append(("beta", "must be a positive number"))
+        if not 0.0 <= self.label_smoothing < 0.5:
+            problems.append(("label_smoothing", "must be in [0, 0.5)"))
+        if not math.isfinite(self.simpo_gamma) or self.simpo_gamma < 0:
+            problems.append(("simpo_gamma", "must be a number, 0 or more"))
+        for name in ("desirable_weight", "undesirable_weight"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                problems.append((name, "must be a positive number"))
+        if self.init_adapter is not None and not self.init_adapter.strip():
+            problems.append(("init_adapter", "must name a run folder or adapter folder (or be unset)"))
+        if problems:
+            raise _FieldProblems(problems)
+        return self
+
+
 class OutputSection(_Section):
     runs_dir: str | None = Field(
         None,
@@ -350,6 +417,7 @@ class RunConfig(_Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     data: DataSection = Field(default_factory=DataSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
+    preference: PreferenceSection = Field(default_factory=PreferenceSection)
     output: OutputSection = Field(default_factory=OutputSection)
 
     @model_validator(mode="after")
@@ -357,6 +425,17 @@ class RunConfig(_Section):
         problems: list[tuple[str, str]] = []
         if self.model.double_quant and self.model.quantization not in ("nf4", "fp4"):
             problems.append(("model.double_quant", "only applies to 4-bit quantization (nf4 or fp4)"))
+        if self.training.method != "sft" and self.data.packing:
+            problems.append(
+                (
+                    "data.packing",
+                    f"does not apply to {self.training.method.upper()}: each pair is its own row",
+                )
+            )
+        if self.training.method != "sft" and self.data.train_on == "all":
+            problems.append(
+                ("data.train_on", f"{self.training.method.upper()} compares answers: it trains on them only")
+            )
         if problems:
             raise _FieldProblems(problems)
         return self

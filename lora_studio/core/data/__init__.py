@@ -4,7 +4,7 @@
 error); ``formats`` recognises Alpaca, ShareGPT, OpenAI ``messages``, prompt/completion and plain
 text and turns each record into one conversation (``preference`` does the same for chosen/rejected
 pairs and KTO's labelled answers); ``render`` applies the model's chat template and
-marks which tokens are trained on; ``prepare`` builds the tokenized dataset, its statistics and the
+marks which tokens are trained on; ``prepare`` (``prepare_preference`` for pairs and labels) builds the tokenized dataset, its statistics and the
 preview that shows a record exactly as the model will see it. Depends only on the base (``core``).
 """
 
@@ -38,6 +38,13 @@ from lora_studio.core.data.prepare import (
     preview_conversations,
     split_conversations,
 )
+from lora_studio.core.data.prepare_preference import (
+    EncodedAnswer,
+    EncodedPair,
+    collate_preferences,
+    encode_items,
+    prepare_preferences,
+)
 from lora_studio.core.data.render import (
     FALLBACK_CHAT_TEMPLATE,
     IGNORE,
@@ -55,6 +62,8 @@ __all__ = [
     "Conversation",
     "DatasetStats",
     "DetectionReport",
+    "EncodedAnswer",
+    "EncodedPair",
     "Encoder",
     "Example",
     "LabelledAnswer",
@@ -67,6 +76,8 @@ __all__ = [
     "TemplateProblem",
     "build_dataset",
     "chat_template_for",
+    "collate_preferences",
+    "encode_items",
     "error_dict",
     "load_conversations",
     "load_preferences",
@@ -75,6 +86,7 @@ __all__ = [
     "padding_fraction",
     "padding_report",
     "prepare_dataset",
+    "prepare_preferences",
     "preview",
     "preview_conversations",
     "resolve_paths",

@@ -75,6 +75,9 @@ class DatasetStats:
     padding: dict[str, float] = field(default_factory=dict)
     evidence: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    method: str = "sft"  # preference data: "dpo" … "kto"; then ``examples`` counts pairs or answers
+    desirable: int = 0  # KTO: answers labelled good and bad
+    undesirable: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

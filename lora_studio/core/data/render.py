@@ -98,14 +98,19 @@ class Encoder:
         except Exception as exc:  # jinja raises TemplateError, or anything a template's own code raises
             raise TemplateProblem(f"the chat template cannot render this conversation ({exc})") from None
 
-    def encode(self, conv: Conversation) -> Example:
+    def encode(self, conv: Conversation, *, answer_from: int = 0) -> Example:
+        """``answer_from``: assistant turns before this message index are context, not trained
+        (a preference pair's prompt may hold earlier assistant turns; only the answer is learnt)."""
         if conv.text is not None:
             text = conv.text + (self.tokenizer.eos_token or "")
             spans = None
         else:
             messages, tools = _with_tools(conv.messages, conv.tools, self.renders_tools)
+            answer_from += len(messages) - len(conv.messages)  # a system note may have been put first
             text = self.render(messages, tools)
-            spans = None if self.train_on == "all" else self.assistant_spans(messages, tools, text)
+            spans = (
+                None if self.train_on == "all" else self.assistant_spans(messages, tools, text, answer_from)
+            )
         fast = bool(getattr(self.tokenizer, "is_fast", False))
         enc = self.tokenizer(
             text,
@@ -125,10 +130,12 @@ class Encoder:
         n = self.max_seq_len
         return Example(ids[:n], labels[:n], text, offsets[:n] if offsets else None, len(ids), conv)
 
-    def assistant_spans(self, messages: list[dict[str, str]], tools: Any, full: str) -> list[tuple[int, int]]:
+    def assistant_spans(
+        self, messages: list[dict[str, str]], tools: Any, full: str, answer_from: int = 0
+    ) -> list[tuple[int, int]]:
         spans = []
         for i, message in enumerate(messages):
-            if message["role"] != "assistant":
+            if message["role"] != "assistant" or i < answer_from:
                 continue
             before = self.render(messages[:i], tools, generation=True)
             through = self.render(messages[: i + 1], tools)

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from lora_studio.core.config import RunConfig
-from lora_studio.core.errors import CancelledError, LoraStudioError, OutOfMemoryError, TrainingError
+from lora_studio.core.errors import (
+    CancelledError,
+    ConfigError,
+    LoraStudioError,
+    OutOfMemoryError,
+    TrainingError,
+)
 from lora_studio.core.faults import FaultSpec, parse_faults
 from lora_studio.core.runs import LIVE_STATES, RunFolder, replace_dir
 from lora_studio.core.train import events as ev
@@ -226,7 +232,15 @@ class TrainingRun:
         self.tokenizer = load_tokenizer(self.resolved.path, trust_remote_code=cfg.model.trust_remote_code)
         if self.faults.get("data_error"):
             raise ValueError("injected fault while tokenizing the dataset")
-        self.data = prepare_dataset(cfg.data, self.tokenizer, seed=cfg.training.seed, cancel=self.cancel)
+        if cfg.training.method == "sft":
+            self.data = prepare_dataset(cfg.data, self.tokenizer, seed=cfg.training.seed, cancel=self.cancel)
+        else:
+            from lora_studio.core.data import prepare_preferences
+
+            self.initial_adapter = find_initial_adapter(cfg)
+            self.data = prepare_preferences(
+                cfg.data, self.tokenizer, cfg.training.method, seed=cfg.training.seed, cancel=self.cancel
+            )
         self.check_cancel()
 
     def _setup_folder(self) -> None:
@@ -262,7 +276,7 @@ class TrainingRun:
         from transformers import set_seed
 
         set_seed(cfg.training.seed)  # adapter initialisation is part of the run: same seed, same run
-        self.model = wrap_with_lora(model, cfg)
+        self.model = wrap_with_lora(model, cfg, initial_adapter=getattr(self, "initial_adapter", None))
         if self._converts_initial_weights and self.world.is_main and not self._initial_adapter.exists():
             # PiSSA/OLoRA change the base weights; keep the starting adapter so the final one can be
             # converted back into a plain LoRA for the unmodified base (export, chat, sharing)
@@ -310,10 +324,12 @@ class TrainingRun:
             work = self.folder.path / "initial_adapter_conversion"  # peft loads it by folder name
             shutil.rmtree(work, ignore_errors=True)
             shutil.copytree(self._initial_adapter, work)
-            self.model.save_pretrained(staging, path_initial_model_for_weight_conversion=str(work))
+            self.model.save_pretrained(
+                staging, path_initial_model_for_weight_conversion=str(work), selected_adapters=["default"]
+            )
             shutil.rmtree(work, ignore_errors=True)
-        else:
-            self.model.save_pretrained(staging)
+        else:  # not a preference run's frozen reference copy ("ref"): the adapter people use
+            self.model.save_pretrained(staging, selected_adapters=["default"])
         self.tokenizer.save_pretrained(staging)
         replace_dir(staging, self.folder.adapter_dir)
         return self.folder.adapter_dir
@@ -462,9 +478,44 @@ class TrainingRun:
             torch.cuda.empty_cache()  # back to the pre-run reserved level, visible to other programs
 
 
-def wrap_with_lora(model: Any, config: RunConfig) -> Any:
-    """peft wrapping exactly as the estimator assumes: k-bit preparation, then LoRA adapters."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def find_initial_adapter(config: RunConfig) -> Path | None:
+    """The adapter ``preference.init_adapter`` names (a run folder or an adapter folder), checked
+    before any model loads: an adapter for another model would fail late or train nonsense."""
+    given = config.preference.init_adapter
+    if not given:
+        return None
+    path = Path(given).expanduser()
+    candidates = [path / "adapter", path]
+    adapter = next((c for c in candidates if (c / "adapter_config.json").is_file()), None)
+    if adapter is None:
+        raise ConfigError(
+            {
+                "preference.init_adapter": f"{path} is neither a run folder with a saved adapter nor an "
+                "adapter folder (no adapter_config.json)"
+            }
+        )
+    if (path / "config.toml").is_file():
+        try:
+            source = RunFolder.open(path).config().model.source
+        except LoraStudioError:
+            source = None
+        if source is not None and source != config.model.source:
+            raise ConfigError(
+                {
+                    "preference.init_adapter": f"{path.name} trained model {source!r}, this run uses "
+                    f"{config.model.source!r}; an adapter only fits the model it was trained on"
+                }
+            )
+    return adapter
+
+
+def wrap_with_lora(model: Any, config: RunConfig, *, initial_adapter: Path | None = None) -> Any:
+    """peft wrapping exactly as the estimator assumes: k-bit preparation, then LoRA adapters.
+
+    With ``initial_adapter`` the run continues training that adapter (its rank and layers, not the
+    ``lora`` settings), as the usual SFT → DPO pipeline does.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     from lora_studio.core.models import model_construction
 
@@ -480,6 +531,11 @@ def wrap_with_lora(model: Any, config: RunConfig) -> Any:
     elif gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    if initial_adapter is not None:
+        from lora_studio.core.models import model_construction
+
+        with model_construction():
+            return PeftModel.from_pretrained(model, str(initial_adapter), is_trainable=True)
     lora = config.lora
     init: Any = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[lora.init]
     peft_config = LoraConfig(

@@ -66,12 +66,15 @@ class Step(Event):
     elapsed_s: float
     eta_s: float | None
     mem: dict[str, Any] = field(default_factory=dict)
+    # preference methods: reward_chosen, reward_rejected, reward_margin, reward_accuracy (and KTO's kl)
+    preference: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Evaluation(Event):
     step: int
     eval_loss: float
+    preference: dict[str, float] = field(default_factory=dict)  # as in Step, on the held-out data
 
 
 @dataclass(frozen=True)

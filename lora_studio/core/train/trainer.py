@@ -21,7 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from lora_studio.core.data import make_collator
+from lora_studio.core.data import collate_preferences, make_collator
 from lora_studio.core.errors import TrainingError
 from lora_studio.core.faults import due, hold
 from lora_studio.core.models import count_parameters
@@ -82,13 +82,18 @@ def fit(run: TrainingRun) -> dict[str, Any]:
     assert run.folder is not None
     args = training_arguments(run)
     callback = _EngineCallback(run)
-    trainer = _StudioTrainer(
+    method = cfg.training.method
+    if method == "sft":
+        collator = make_collator(run.tokenizer, packing=cfg.data.packing)
+    else:
+        collator = collate_preferences(method, run.tokenizer.pad_token_id, cfg.data.max_seq_len)
+    trainer = trainer_class(method)(
         run=run,
         model=run.model,
         args=args,
         train_dataset=run.data.train,
         eval_dataset=run.data.eval,
-        data_collator=_CountingCollator(make_collator(run.tokenizer, packing=cfg.data.packing)),
+        data_collator=_CountingCollator(collator),
         processing_class=run.tokenizer,
         callbacks=[callback],
     )
@@ -123,7 +128,9 @@ def training_arguments(run: TrainingRun) -> TrainingArguments:
     has_eval = run.data.eval is not None
     eval_steps = t.eval_steps or t.save_steps
     on_cuda = run.device.startswith("cuda")
-    return TrainingArguments(
+    arguments_class, method_settings = method_arguments(cfg)
+    return arguments_class(
+        **method_settings,
         output_dir=str(run.folder.checkpoints_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -137,6 +144,8 @@ def training_arguments(run: TrainingRun) -> TrainingArguments:
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         gradient_checkpointing=False,  # enabled by wrap_with_lora, the way peft needs it
+        # what TRL re-enables it with after a reference forward: the same kind wrap_with_lora chose
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
@@ -161,6 +170,70 @@ def training_arguments(run: TrainingRun) -> TrainingArguments:
     )
 
 
+def method_arguments(cfg: RunConfig) -> tuple[type[TrainingArguments], dict[str, Any]]:
+    """The arguments class of the method's TRL trainer and the method's own settings.
+
+    ``max_length`` is left unset: the data are already cut to ``data.max_seq_len`` (each side of a
+    pair on its own), so TRL never cuts again. Dropout is turned off for the preference methods, as
+    TRL does by default: the policy and the reference must score the same answer the same way.
+    """
+    method, p = cfg.training.method, cfg.preference
+    if method == "sft":
+        return TrainingArguments, {}
+    if method == "dpo":
+        from trl import DPOConfig
+
+        return DPOConfig, {
+            "beta": p.beta,
+            "loss_type": [p.loss_type],
+            "label_smoothing": p.label_smoothing,
+            "max_length": None,
+            "disable_dropout": True,
+            "precompute_ref_log_probs": False,
+        }
+    if method == "kto":
+        from trl import KTOConfig
+
+        return KTOConfig, {
+            "beta": p.beta,
+            "desirable_weight": p.desirable_weight,
+            "undesirable_weight": p.undesirable_weight,
+            "max_length": None,
+            "disable_dropout": True,
+        }
+    if method == "orpo":
+        from trl.experimental.orpo import ORPOConfig
+
+        return ORPOConfig, {"beta": p.beta, "max_length": cfg.data.max_seq_len, "disable_dropout": True}
+    if method == "simpo":
+        from trl.experimental.cpo import CPOConfig
+
+        return CPOConfig, {
+            "loss_type": "simpo",
+            "cpo_alpha": 0.0,
+            "beta": p.beta,
+            "simpo_gamma": p.simpo_gamma,
+            "max_length": cfg.data.max_seq_len,
+            "disable_dropout": True,
+        }
+    raise ValueError(f"unknown training.method {method!r}")
+
+
+def trainer_class(method: str) -> type[Trainer]:
+    """Our trainer for a method: the app's additions (:class:`_StudioMixin`) on the method's trainer."""
+    if method == "sft":
+        return _StudioTrainer
+    if method == "dpo":
+        from trl import DPOTrainer as base
+    elif method == "kto":
+        from trl import KTOTrainer as base
+    elif method == "orpo":
+        from trl.experimental.orpo import ORPOTrainer as base
+    else:
+        from trl.experimental.cpo import CPOTrainer as base
+    return type(f"_Studio{base.__name__}", (_PreferenceMixin, _StudioMixin, base), {})
+
+
 class _CountingCollator:
     """Counts each batch's real (non-padding) tokens while it is still a Python list: no sync."""
 
@@ -168,7 +241,7 @@ class _CountingCollator:
         self.inner = inner
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        tokens = sum(len(f["input_ids"]) for f in features)
+        tokens = sum(f["length"] if "length" in f else len(f["input_ids"]) for f in features)
         stripped = [{k: v for k, v in f.items() if k != "length"} for f in features]
         batch = self.inner(stripped)
         batch[_TOKENS_KEY] = tokens
@@ -199,11 +272,13 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
-class _StudioTrainer(Trainer):
+class _StudioMixin:
+    """What the app adds to whichever trainer runs the method: events, cancel, pause, atomic checkpoints."""
+
     def __init__(self, *args: Any, run: TrainingRun, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
         self._run = run
         self.step_tokens: deque[int] = deque()
+        super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         sampler = super()._get_train_sampler(train_dataset)
@@ -278,6 +353,58 @@ class _StudioTrainer(Trainer):
             shutil.rmtree(old, ignore_errors=True)
 
 
+class _StudioTrainer(_StudioMixin, Trainer):
+    """Supervised fine-tuning: transformers' Trainer with the app's additions."""
+
+
+class _PreferenceMixin:
+    """Fits TRL's preference trainers to the app: our tokenized rows, our LoRA model, one base copy.
+
+    TRL tokenizes raw rows itself; ours arrive tokenized with their loss masks (the Data page shows
+    exactly those), so its dataset preparation is skipped. Given a PEFT model, TRL copies the
+    adapter as a frozen "ref" adapter for the reference. That copy is what the reference must be
+    when the run starts from an earlier adapter (``preference.init_adapter``) or when PiSSA/OLoRA
+    moved part of the base weights into the adapter; otherwise a new adapter adds exactly zero, so
+    the copy is dropped and the reference is the base with the adapter switched off — no copy at
+    all. TRL also casts a quantized model's adapter to bf16; it is put back to the precision the
+    supervised runs train in, which the estimator and run comparisons assume.
+    """
+
+    def __init__(self, *args: Any, run: TrainingRun, **kwargs: Any) -> None:
+        model, arguments = kwargs["model"], kwargs["args"]
+        dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+        # KTO insists on file order because TRL pairs each prompt with its neighbour's answer when it
+        # prepares the data; our collator pairs them within each batch, so any order keeps the pairing
+        strategy = arguments.train_sampling_strategy
+        if run.config.training.method == "kto":
+            arguments.train_sampling_strategy = "sequential"
+        super().__init__(*args, run=run, **kwargs)
+        arguments.train_sampling_strategy = strategy
+        self.use_dpo_data_collator = True  # ORPO/CPO: our batches have the keys theirs would have
+        for name, param in model.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
+        if "ref" in getattr(model, "peft_config", {}):
+            if reference_needs_adapter(run.config):
+                for name, param in model.named_parameters():
+                    if ".ref." in name:
+                        param.requires_grad_(False)
+            else:
+                model.delete_adapter("ref")
+                model.set_adapter("default")
+
+    def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:  # DPO, KTO
+        return dataset
+
+    def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, Any]:  # ORPO, CPO
+        return feature
+
+
+def reference_needs_adapter(config: RunConfig) -> bool:
+    """Whether the reference is base + an adapter (an earlier run's, or PiSSA/OLoRA's start), not the base."""
+    return bool(config.preference.init_adapter) or config.lora.init in ("pissa", "olora")
+
+
 class _EngineCallback(TrainerCallback):
     def __init__(self, run: TrainingRun) -> None:
         self.run = run
@@ -340,10 +467,16 @@ class _EngineCallback(TrainerCallback):
         now = time.time()
         if "eval_loss" in logs:
             self.last_eval_step = state.global_step
+            held_out = preference_metrics(logs, "eval_")
             run.folder.append_metrics(
-                {"step": state.global_step, "eval_loss": _finite(logs["eval_loss"]), "t": now}
+                {
+                    "step": state.global_step,
+                    "eval_loss": _finite(logs["eval_loss"]),
+                    **{f"eval_{k}": v for k, v in held_out.items()},
+                    "t": now,
+                }
             )
-            run.emit(ev.Evaluation(state.global_step, float(logs["eval_loss"])))
+            run.emit(ev.Evaluation(state.global_step, float(logs["eval_loss"]), held_out))
             return
         if "loss" not in logs:
             return
@@ -365,6 +498,7 @@ class _EngineCallback(TrainerCallback):
         eta = elapsed / done * remaining if done > 0 else None
         mem = self.sampler.sample()
         grad_norm = logs.get("grad_norm")
+        preference = preference_metrics(logs)
         record = {
             "step": state.global_step,
             "epoch": round(float(state.epoch or 0), 4),
@@ -375,6 +509,7 @@ class _EngineCallback(TrainerCallback):
             "tokens_seen": self.tokens_seen,
             "elapsed_s": round(elapsed, 3),
             "mem": mem,
+            **preference,
             "t": now,
         }
         run.folder.append_metrics(record)
@@ -392,6 +527,7 @@ class _EngineCallback(TrainerCallback):
                 elapsed_s=elapsed,
                 eta_s=eta,
                 mem=mem,
+                preference=preference,
             )
         )
         fault = due(run.faults, "step_pause", state.global_step)
@@ -410,6 +546,26 @@ class _EngineCallback(TrainerCallback):
         assert run.folder is not None
         path = run.folder.checkpoints_dir / f"checkpoint-{state.global_step}"
         run.emit(ev.CheckpointSaved(state.global_step, str(path)))
+
+
+#: TRL's logged names → ours (metrics.jsonl, events, plots).
+PREFERENCE_METRICS = {
+    "rewards/chosen": "reward_chosen",
+    "rewards/rejected": "reward_rejected",
+    "rewards/margins": "reward_margin",
+    "rewards/accuracies": "reward_accuracy",
+    "kl": "kl",
+}
+
+
+def preference_metrics(logs: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The preference trainers' reward statistics in a log record, under our names (finite only)."""
+    found = {}
+    for theirs, ours in PREFERENCE_METRICS.items():
+        value = _finite(logs.get(prefix + theirs))
+        if value is not None:
+            found[ours] = value
+    return found
 
 
 def _finite(value: Any) -> float | None:
