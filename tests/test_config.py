@@ -2,6 +2,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from lora_studio.core.config import RunConfig, field_docs
 from lora_studio.core.errors import ConfigError
@@ -133,3 +134,18 @@ def test_a_saved_config_has_the_umask_mode_and_a_restricted_one_stays_restricted
     os.chmod(path, 0o600)  # the user made it private on purpose
     RunConfig().save(path)
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_config_from_before_preference_tuning_reads_without_notes_about_it(tmp_path):
+    """Runs saved before ``training.method`` and ``[preference]`` existed were SFT runs, which is what
+    the defaults say: the Runs page must not call every such run "changed"."""
+    data = tomllib.loads(RunConfig().to_toml())
+    del data["preference"]
+    del data["training"]["method"]
+    path = tmp_path / "old.toml"
+    path.write_text(tomli_w.dumps(data))
+    config, notes = RunConfig.load_lenient(path)
+    assert config == RunConfig() and notes == []
+    del data["training"]["epochs"]  # a setting that did exist: still reported
+    path.write_text(tomli_w.dumps(data))
+    assert RunConfig.load_lenient(path)[1] == ["training.epochs is missing; default used"]

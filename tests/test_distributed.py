@@ -94,7 +94,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     )
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run(
-        [*launcher("torchrun"), "train", "--config", str(multi)],
+        [*launcher(kind), "train", "--config", str(multi)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -118,6 +118,34 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     from transformers import AutoModelForCausalLM
 
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run_two.adapter_dir)
+
+
+def test_dpo_on_two_processes_matches_one_process(tiny_model_dir, tmp_path):
+    """Preference tuning shards pairs across ranks like SFT shards examples: the same global batch
+    gives the same DPO losses and reward margins."""
+    pairs = tmp_path / "pairs.jsonl"
+    row = {"prompt": "What is your name?", "chosen": "I am Lumen.", "rejected": "I do not know."}
+    pairs.write_text("".join(json.dumps(row) + "\n" for _ in range(16)))
+    settings = {"method": "dpo", "sample_prompts": []}
+    single = write_config(tmp_path / "one.toml", tiny_model_dir, pairs, tmp_path / "one", batch=4, **settings)
+    multi = write_config(tmp_path / "two.toml", tiny_model_dir, pairs, tmp_path / "two", batch=2, **settings)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for command in (
+        [sys.executable, "-m", "lora_studio", "train", "--config", str(single)],
+        [*launcher("torchrun"), "train", "--config", str(multi)],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    [run_one], [run_two] = list_runs(tmp_path / "one"), list_runs(tmp_path / "two")
+    rows_one = {m["step"]: m for m in run_one.metrics() if "loss" in m}
+    rows_two = {m["step"]: m for m in run_two.metrics() if "loss" in m}
+    assert sorted(rows_one) == sorted(rows_two) == [1, 2, 3, 4]
+    for step, row in rows_one.items():
+        assert rows_two[step]["loss"] == pytest.approx(row["loss"], rel=5e-3, abs=1e-4), step
+        assert rows_two[step]["reward_margin"] == pytest.approx(row["reward_margin"], rel=5e-3, abs=1e-4), (
+            step
+        )
+    assert rows_one[4]["reward_margin"] > 0
 
 
 def test_a_stop_on_rank_0_stops_both_ranks(tiny_model_dir, same_examples, tmp_path):

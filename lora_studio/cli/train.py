@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_studio.cli import install_sigint
-from lora_studio.core.config import RunConfig
+from lora_studio.core.config import DEMOS, RunConfig
 from lora_studio.core.errors import CancelledError
 from lora_studio.core.train import events as ev
 
@@ -33,17 +33,10 @@ ALIASES = {
     "lora.dropout": ["--lora-dropout"],
     "lora.init": ["--lora-init"],
     "lora.target_modules": ["--targets"],
+    "training.method": ["--method"],
+    "preference.init_adapter": ["--init-adapter"],
     "training.sample_prompts": ["--sample-prompt"],
     "output.runs_dir": ["--runs-dir"],
-}
-
-# What --demo changes from the defaults (every other setting is RunConfig's own).
-DEMO = {
-    "training.max_steps": 30,
-    "training.learning_rate": 5e-4,
-    "data.path": "demo",
-    "data.max_seq_len": 256,
-    "output.run_name": "demo",
 }
 
 
@@ -56,8 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", type=Path, help="a run.toml written by the app or by hand")
     parser.add_argument(
         "--demo",
-        action="store_true",
-        help="train the default model on the bundled identity dataset (~5 min on a CPU)",
+        nargs="?",
+        const="sft",
+        choices=sorted(DEMOS),
+        help="train the default model on a bundled dataset: 'sft' (the default: who the assistant is, "
+        "~5 min on a CPU) or 'dpo' (prefer concise answers)",
     )
     parser.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint"
@@ -106,6 +102,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(*flags, **kwargs)
 
 
+def _rewards(values: dict[str, float]) -> str:
+    """A preference run's reward margin, accuracy and KL on the step line (empty for SFT)."""
+    return "".join(f"  {word}" for word in ev.preference_words(values))
+
+
 def _mapping(text: str) -> dict[str, str]:
     pairs = [p for p in text.split(",") if p.strip()]
     try:
@@ -124,7 +125,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     config = RunConfig.load(args.config) if args.config else RunConfig()
     overrides = {k: v for k, v in vars(args).items() if "." in k}
     if args.demo:
-        overrides = {**DEMO, **overrides}
+        overrides = {**DEMOS[args.demo], **overrides}
     return config.with_overrides(overrides) if overrides else config
 
 
@@ -167,6 +168,7 @@ class HumanPrinter:
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stdout
         self.samples: dict[str, tuple[tuple[str, str], ...]] = {}
+        self.rewards = {"train": "", "eval": ""}  # a preference run's last margin/accuracy, for the summary
 
     def out(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -189,21 +191,27 @@ class HumanPrinter:
                     f"  {event.world_size} processes, global batch {event.global_batch} "
                     "(per-device batch x accumulation x processes)"
                 )
+            method = event.config.get("training", {}).get("method", "sft")
+            unit = {"sft": "training examples", "kto": "labelled answers"}.get(method, "preference pairs")
             self.out(
-                f"  {event.dataset.get('examples', '?')} training examples, {event.total_steps} steps"
+                f"  {method.upper()}: " * (method != "sft")
+                + f"{event.dataset.get('examples', '?')} {unit}, {event.total_steps} steps"
                 + (f", resuming from step {event.resumed_from_step}" if event.resumed_from_step else "")
             )
         elif isinstance(event, ev.Step):
+            self.rewards["train"] = _rewards(event.preference)
             mem = event.mem
             used = mem.get("cuda_peak", mem.get("rss", 0)) / 1024**3
             label = "GPU peak" if "cuda_peak" in mem else "RAM"
             grad = f"  grad {event.grad_norm:.3f}" if event.grad_norm is not None else ""
             self.out(
                 f"step {event.step:>5}/{event.total_steps}  loss {event.loss:.4f}  lr {event.learning_rate:.2e}"
-                f"{grad}  {event.tokens_per_s:,.0f} tok/s  ETA {_duration(event.eta_s)}  {label} {used:.2f} GB"
+                f"{grad}{_rewards(event.preference)}  {event.tokens_per_s:,.0f} tok/s  "
+                f"ETA {_duration(event.eta_s)}  {label} {used:.2f} GB"
             )
         elif isinstance(event, ev.Evaluation):
-            self.out(f"eval  step {event.step}: loss {event.eval_loss:.4f}")
+            self.out(f"eval  step {event.step}: loss {event.eval_loss:.4f}{_rewards(event.preference)}")
+            self.rewards["eval"] = _rewards(event.preference)
         elif isinstance(event, ev.CheckpointSaved):
             self.out(f"checkpoint saved: {event.path}")
         elif isinstance(event, ev.Samples):
@@ -222,6 +230,9 @@ class HumanPrinter:
                 f"  final loss {event.final_loss:.4f}"
                 + (f", eval loss {event.final_eval_loss:.4f}" if event.final_eval_loss is not None else "")
             )
+        for stage, rewards in self.rewards.items():
+            if rewards:
+                self.out(f"  last {stage} step:{rewards}")
         self.out(f"  run folder: {event.run_dir}")
         if event.adapter_path:
             self.out(f"  adapter:    {event.adapter_path}")

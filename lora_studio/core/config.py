@@ -35,6 +35,37 @@ PAIR_METHODS = ("dpo", "orpo", "simpo")
 REFERENCE_METHODS = ("dpo", "kto")
 
 
+#: What each bundled demo changes from the defaults (every other setting is RunConfig's own):
+#: ``lora-studio train --demo [sft|dpo]`` and the Data page's demo buttons.
+DEMO = {
+    "training.max_steps": 30,
+    "training.learning_rate": 5e-4,
+    "data.path": "demo",
+    "data.max_seq_len": 256,
+    "output.run_name": "demo",
+}
+# --demo dpo: DPO on the bundled concise-answers pairs; the samples ask questions the pairs do not.
+# Batch 4 of pairs is 8 sequences, as much work per step as the SFT demo's 8 examples; with the SFT
+# term on the chosen answers (RPO) the 135M model keeps its language while it learns the style —
+# plain DPO at this learning rate made it answer "You are a HAGAN." to everything by step 20.
+DEMO_DPO = {
+    **DEMO,
+    "training.method": "dpo",
+    "training.max_steps": 20,
+    "training.batch_size": 4,
+    "training.learning_rate": 2e-4,
+    "preference.sft_weight": 1.0,
+    "data.path": "demo-dpo",
+    "output.run_name": "demo-dpo",
+    "training.sample_prompts": [
+        "Why is the ocean salty?",
+        "How do I fall asleep faster?",
+        "What is a rainbow?",
+    ],
+}
+DEMOS = {"sft": DEMO, "dpo": DEMO_DPO}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -352,6 +383,11 @@ class PreferenceSection(_Section):
         description="DPO: the share of pairs you believe are mislabelled (0 to 0.5); softens the "
         "loss on pairs the model strongly disagrees with.",
     )
+    sft_weight: float = Field(
+        0.0,
+        description="DPO only: also learn the chosen answers as in SFT, with this weight (RPO). Keeps a "
+        "small model's language intact when the rejected answers are its own; 0 is plain DPO.",
+    )
     simpo_gamma: float = Field(
         0.5,
         description="SimPO only: the target reward margin between chosen and rejected answers.",
@@ -376,6 +412,8 @@ class PreferenceSection(_Section):
             problems.append(("beta", "must be a positive number"))
         if not 0.0 <= self.label_smoothing < 0.5:
             problems.append(("label_smoothing", "must be in [0, 0.5)"))
+        if not math.isfinite(self.sft_weight) or self.sft_weight < 0:
+            problems.append(("sft_weight", "must be a number, 0 or more (0: plain DPO)"))
         if not math.isfinite(self.simpo_gamma) or self.simpo_gamma < 0:
             problems.append(("simpo_gamma", "must be a number, 0 or more"))
         for name in ("desirable_weight", "undesirable_weight"):
@@ -430,6 +468,13 @@ class RunConfig(_Section):
                 (
                     "data.packing",
                     f"does not apply to {self.training.method.upper()}: each pair is its own row",
+                )
+            )
+        if self.training.method == "kto" and self.training.batch_size < 2:
+            problems.append(
+                (
+                    "training.batch_size",
+                    "KTO needs at least 2: its KL term pairs each prompt with another answer of the batch",
                 )
             )
         if self.training.method != "sft" and self.data.train_on == "all":
@@ -492,7 +537,8 @@ class RunConfig(_Section):
             section_type = field_info.annotation
             given = data.get(name)
             if not isinstance(given, dict):
-                notes.append(f"[{name}] is missing; defaults used")
+                if name not in _SILENT_WHEN_MISSING:
+                    notes.append(f"[{name}] is missing; defaults used")
                 continue
             known = section_type.model_fields  # type: ignore[union-attr]
             for key in given:
@@ -500,8 +546,10 @@ class RunConfig(_Section):
                     notes.append(f"{name}.{key} is not a setting of this version; ignored")
             for key, info in known.items():
                 # unset optional settings are simply absent from TOML (it has no null)
-                if key not in given and info.default is not None:
-                    notes.append(f"{name}.{key} is missing; default used")
+                dotted = f"{name}.{key}"
+                silent = name in _SILENT_WHEN_MISSING or dotted in _SILENT_WHEN_MISSING
+                if key not in given and info.default is not None and not silent:
+                    notes.append(f"{dotted} is missing; default used")
             clean[name] = {k: v for k, v in given.items() if k in known}
         for key in data:
             if key not in cls.model_fields:
@@ -551,6 +599,11 @@ class RunConfig(_Section):
                     f"length ({context_length})"
                 }
             )
+
+
+#: Settings added later whose defaults are what older versions did: a config written before them
+#: is not "changed" by their absence, so reading it says nothing about them.
+_SILENT_WHEN_MISSING = {"training.method", "preference"}
 
 
 class _FieldProblems(ValueError):

@@ -36,6 +36,8 @@ SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
 _JSONL = {".jsonl", ".ndjson"}
 DEMO = "demo"
 DEMO_FILE = ("datasets", "identity.jsonl")
+#: The bundled datasets by the names ``data.path`` accepts: the SFT demo and the DPO demo.
+DEMOS = {DEMO: DEMO_FILE, "demo-dpo": ("datasets", "concise.jsonl")}
 
 
 @dataclass
@@ -79,8 +81,8 @@ class SourceFile:
 
 def resolve_paths(path: str) -> list[Path]:
     """The files a ``data.path`` names: ``demo``, one file, or every dataset file in a folder."""
-    if path == DEMO:
-        return [resource_path(*DEMO_FILE)]
+    if path in DEMOS:
+        return [resource_path(*DEMOS[path])]
     target = Path(path).expanduser()
     if not target.exists():
         raise DatasetError(

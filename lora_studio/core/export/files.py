@@ -55,6 +55,7 @@ class CardFacts:
     base_note: str | None = None
     hub_id: str | None = None  # where the base model is published, for the card's front matter
     adapted_layers: list[str] = field(default_factory=list)
+    method: str | None = None  # how it learnt: "supervised fine-tuning (SFT)", "DPO (beta = 0.1, …)"
 
 
 def software_versions() -> dict[str, str]:
@@ -188,6 +189,31 @@ def write_merged(
 # -- the model card -----------------------------------------------------------------------------
 
 
+def method_summary(config: Any) -> str:
+    """The training method in words, with the settings that define it, for the model card."""
+    method, p = config.training.method, config.preference
+    if method == "sft":
+        return "supervised fine-tuning (SFT) on example answers"
+    start = f", starting from the adapter `{p.init_adapter}`" if p.init_adapter else ""
+    reference = "base model + that adapter" if p.init_adapter else "the base model (adapter off)"
+    if method == "dpo":
+        extra = f", plus SFT on the chosen answers × {p.sft_weight:g}" if p.sft_weight else ""
+        return (
+            f"DPO on chosen/rejected pairs ({p.loss_type} loss, β = {p.beta:g}{extra}; reference: "
+            f"{reference}){start}"
+        )
+    if method == "kto":
+        return (
+            f"KTO on answers labelled good or bad (β = {p.beta:g}, weights {p.desirable_weight:g} good / "
+            f"{p.undesirable_weight:g} bad; reference: {reference}){start}"
+        )
+    if method == "orpo":
+        return f"ORPO on chosen/rejected pairs (λ = {p.beta:g}, no reference model){start}"
+    return (
+        f"SimPO on chosen/rejected pairs (β = {p.beta:g}, γ = {p.simpo_gamma:g}, no reference model){start}"
+    )
+
+
 def model_card(facts: CardFacts, kind: str) -> str:
     """README.md for the adapter (``kind="adapter"``) or the merged model (``kind="merged"``)."""
     s = facts.adapter_settings
@@ -225,6 +251,8 @@ def model_card(facts: CardFacts, kind: str) -> str:
     else:
         lines.append("- Not recorded: this adapter does not come from a LoRA Studio run folder.")
     lines += ["", "## Training", ""]
+    if facts.method:
+        lines.append(f"- **Method:** {facts.method}")
     lines.append(
         f"- **LoRA:** r = {s.get('r')}, alpha = {s.get('lora_alpha')}, dropout = {s.get('lora_dropout')}, "
         f"DoRA = {bool(s.get('use_dora'))}, rsLoRA = {bool(s.get('use_rslora'))}"

@@ -305,7 +305,7 @@ class ExportJob:
         return self._facts
 
     def _gather_facts(self) -> Any:
-        from lora_studio.core.export.files import CardFacts
+        from lora_studio.core.export.files import CardFacts, method_summary
         from lora_studio.core.runs import RunFolder
 
         settings = ex.adapter_settings(self.src.adapter_dir)
@@ -342,6 +342,7 @@ class ExportJob:
         facts.status = run.status()
         facts.config_toml = run.config_path.read_text(encoding="utf-8")
         facts.dataset = config.data.path
+        facts.method = method_summary(config)
         facts.final_loss = next((m["loss"] for m in reversed(metrics) if m.get("loss") is not None), None)
         facts.final_eval_loss = next(
             (m["eval_loss"] for m in reversed(metrics) if m.get("eval_loss") is not None), None

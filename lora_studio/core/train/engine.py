@@ -195,6 +195,8 @@ class TrainingRun:
                 self._record_samples("before")
             from lora_studio.core.train.trainer import fit
 
+            method = self.config.training.method
+            self.emit(ev.Phase("starting training", "SFT" if method == "sft" else f"{method.upper()} (TRL)"))
             outcome = fit(self)
             return self._finish(outcome, started)
         except CancelledError:

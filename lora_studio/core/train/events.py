@@ -120,6 +120,19 @@ class Failed(Event):
     run_dir: str | None
 
 
+def preference_words(values: dict[str, float]) -> list[str]:
+    """A preference step's figures for a log line: ['margin +0.184', 'accuracy 94%', 'KL 0.012']
+    ([] for SFT). The CLI and the app's log say them the same way."""
+    words = []
+    if values.get("reward_margin") is not None:
+        words.append(f"margin {values['reward_margin']:+.3f}")
+    if values.get("reward_accuracy") is not None:
+        words.append(f"accuracy {100 * values['reward_accuracy']:.0f}%")
+    if values.get("kl") is not None:
+        words.append(f"KL {values['kl']:.3f}")
+    return words
+
+
 _KINDS: dict[type, str] = {
     Phase: "phase",
     RunStarted: "run_started",

@@ -185,7 +185,9 @@ def method_arguments(cfg: RunConfig) -> tuple[type[TrainingArguments], dict[str,
 
         return DPOConfig, {
             "beta": p.beta,
-            "loss_type": [p.loss_type],
+            # RPO: the supervised loss on the chosen answers beside the preference loss
+            "loss_type": [p.loss_type, "sft"] if p.sft_weight > 0 else [p.loss_type],
+            "loss_weights": [1.0, p.sft_weight] if p.sft_weight > 0 else None,
             "label_smoothing": p.label_smoothing,
             "max_length": None,
             "disable_dropout": True,
