@@ -1,8 +1,10 @@
 """How accurate is the memory estimate? Three measurements, each printed as a table and saved.
 
 1. Analytic vs precise mode for every catalog model (one of three batch/seq/quantization settings
-   each, all three for Llama-3.1-8B, plus a few options on SmolLM2-135M). Precise mode simulates a
-   real training step on fake tensors (1 and 2 layers, extrapolated). Target: ratio within ±10%.
+   each, all three for Llama-3.1-8B, plus a few options on SmolLM2-135M), and again for every
+   catalog architecture under one of the preference methods (DPO, KTO, ORPO, SimPO in turn, each
+   on another setting), as TRL's trainers take their step. Precise mode simulates a real training
+   step on fake tensors (1 and 2 layers, extrapolated). Target: ratio within ±10%.
 2. Activation bytes vs what autograd really saves: a real forward on this CPU with the engine's
    own model preparation (``wrap_with_lora``), counting each distinct storage that is still saved
    for backward at the end of the forward (``torch.autograd.graph.saved_tensors_hooks``), for
@@ -61,9 +63,16 @@ EXTRA = [
 ]
 
 
+#: The preference methods, one per catalog architecture in turn (``preference_cases``).
+METHODS = ("dpo", "kto", "orpo", "simpo")
+
+
 def short(settings: dict[str, Any]) -> str:
-    """A compact label: 'nf4+dq b2×1024 gc'."""
-    parts = [settings.get("quantization", "none") + ("+dq" if settings.get("double_quant") else "")]
+    """A compact label: 'nf4+dq b2×1024 gc' (prefixed by the method when it is not SFT)."""
+    from lora_studio.core.estimate import METHOD_NAMES
+
+    parts = [METHOD_NAMES[settings["method"]]] if settings.get("method", "sft") != "sft" else []
+    parts.append(settings.get("quantization", "none") + ("+dq" if settings.get("double_quant") else ""))
     parts.append(
         f"b{settings.get('batch_size', default('training.batch_size'))}"
         f"×{settings.get('seq_len', default('data.max_seq_len'))}"
@@ -113,7 +122,30 @@ def precise_cases() -> list[tuple[str, dict[str, Any]]]:
             continue
         seen.add(key)
         cases.append((model.name, SETTINGS[index % len(SETTINGS)]))
-    return cases + EXTRA
+    return cases + EXTRA + preference_cases()
+
+
+def preference_cases() -> list[tuple[str, dict[str, Any]]]:
+    """Each catalog architecture once under a preference method (methods and settings in turn).
+
+    KTO needs a batch of at least 2 (its KL term pairs each prompt with another row's answer).
+    """
+    from lora_studio.core.estimate import load_model_catalog
+
+    cases: list[tuple[str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for model in load_model_catalog():
+        key = json.dumps(model.config, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        index = len(cases)
+        method = METHODS[index % len(METHODS)]
+        settings = {**SETTINGS[(index + index // len(METHODS)) % len(SETTINGS)], "method": method}
+        if method == "kto":
+            settings["batch_size"] = max(2, settings["batch_size"])
+        cases.append((model.name, settings))
+    return cases
 
 
 def compare_precise() -> list[dict[str, Any]]:

@@ -135,10 +135,8 @@ def _code_key() -> str:
     digest = hashlib.sha256()
     core = ROOT / "lora_studio" / "core"
     for file in (
-        core / "estimate.py",
-        core / "core/estimate/precise.py",
-        core / "core/estimate/fakes.py",
-        core / "core/train/memory_saving.py",
+        *sorted((core / "estimate").glob("*.py")),
+        core / "train" / "memory_saving.py",
         ROOT / "resources" / "catalog" / "models.json",
     ):
         digest.update(file.read_bytes())

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from lora_studio.core.config import default
+from lora_studio.core.config import PAIR_METHODS, default
 from lora_studio.core.estimate import (
     COMPUTE_DTYPES,
     DEVICES,
+    METHOD_NAMES,
+    METHODS,
     OPTIMIZERS,
     QUANTIZATIONS,
     EstimateRequest,
@@ -98,16 +100,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="LoRA dropout (default %(default)s)",
     )
     parser.add_argument(
+        "--method",
+        default=default("training.method"),
+        choices=METHODS,
+        help="what the run learns from: sft, or the preference methods dpo, kto, orpo, simpo "
+        "(dpo/orpo/simpo run each pair's chosen and rejected answer; dpo/kto also a reference "
+        "forward without a graph; default %(default)s)",
+    )
+    parser.add_argument(
+        "--reference-adapter",
+        action="store_true",
+        help="dpo/kto: the run starts from an adapter (preference.init_adapter, or PiSSA/OLoRA), "
+        "whose frozen copy is the reference",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=default("training.batch_size"),
-        help="examples per step (default %(default)s)",
+        help="examples per step (pairs for dpo/orpo/simpo; default %(default)s)",
     )
     parser.add_argument(
         "--seq-len",
         type=int,
         default=default("data.max_seq_len"),
-        help="tokens per example (default %(default)s)",
+        help="tokens per example (per answer for dpo/orpo/simpo; default %(default)s)",
     )
     parser.add_argument(
         "--grad-accum",
@@ -173,6 +189,8 @@ def request_from_args(args: argparse.Namespace) -> EstimateRequest:
         lean_kbit_prep=not args.peft_prep,
         chunked_loss=not args.full_loss,
         checkpoint_offload=args.offload,
+        method=args.method,
+        reference_adapter=args.reference_adapter,
     )
 
 
@@ -219,14 +237,20 @@ def render(req: EstimateRequest, estimate: MemoryEstimate) -> str:
     targets = req.targets if isinstance(req.targets, str) else ",".join(req.targets)
     quant = req.quantization + (" + double quant" if req.double_quant else "")
     where = req.gpu or (f"{gb(estimate.device_bytes)} GB" if estimate.device_bytes else req.device)
+    method = "" if req.method == "sft" else f"{METHOD_NAMES[req.method]}, "
+    if req.method in PAIR_METHODS:
+        rows = 2 * req.batch_size
+        batch = f"batch {req.batch_size} pairs (chosen + rejected: {rows} sequences) × {req.seq_len} tokens"
+    else:
+        batch = f"batch {req.batch_size} × {req.seq_len} tokens"
     lines = [
-        f"Memory estimate: {estimate.model} — {quant}, {estimate.dtype}, LoRA r={req.lora_r} ({targets})"
+        f"Memory estimate: {estimate.model} — {method}{quant}, {estimate.dtype}, LoRA r={req.lora_r} ({targets})"
         + (" DoRA" if req.use_dora else ""),
-        f"  batch {req.batch_size} × {req.seq_len} tokens, {req.optimizer}"
+        f"  {batch}, {req.optimizer}"
         + (", gradient checkpointing" if req.gradient_checkpointing else "")
         + (" offloaded to CPU" if req.gradient_checkpointing and req.checkpoint_offload else "")
         + (", peft fp32 preparation" if req.quantization != "none" and not req.lean_kbit_prep else "")
-        + ("" if req.chunked_loss else ", full loss")
+        + ("" if req.chunked_loss or req.method != "sft" else ", full loss")
         + f", on {where}",
         "",
     ]

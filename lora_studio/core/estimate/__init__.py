@@ -4,8 +4,8 @@
 validates what the user chose and resolves it into the engine's ``Plan``; ``terms`` and
 ``analytic`` turn a plan into bytes per component; ``explain`` words each component and
 ``advice`` (``estimate_memory``) adds the verdict and the changes that make a run fit. ``precise``
-simulates one training step with fake tensors for an exact peak; ``catalog`` lists GPUs and popular
-models. Depends on ``train`` (its memory savers decide the sizes) and the base.
+simulates one training step with fake tensors for an exact peak (``preference`` the step of DPO, KTO,
+ORPO and SimPO as TRL's trainers take it); ``catalog`` lists GPUs and popular models. Depends on ``train`` (its memory savers decide the sizes) and the base.
 """
 
 from lora_studio.core.estimate.advice import advise, estimate_memory
@@ -28,6 +28,8 @@ from lora_studio.core.estimate.request import (
     CUDA_CONTEXT_BYTES,
     DEVICES,
     GIB,
+    METHOD_NAMES,
+    METHODS,
     OPTIMIZERS,
     QUANTIZATIONS,
     EstimateRequest,
@@ -45,6 +47,8 @@ __all__ = [
     "DEVICES",
     "GIB",
     "GPU",
+    "METHODS",
+    "METHOD_NAMES",
     "OPTIMIZERS",
     "QUANTIZATIONS",
     "CatalogModel",

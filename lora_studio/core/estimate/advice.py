@@ -3,6 +3,12 @@
 Advice answers the two questions a user has in front of a memory bar: "how far can I push batch
 size and sequence length?" and "which one change gets me under the limit, and by how much?".
 Each candidate change is re-estimated (arithmetic only), so the savings shown are the estimator's own.
+
+For the preference methods the batch counts pairs (DPO, ORPO, SimPO: two sequences each) or KTO's
+answers (at least 2: its KL term pairs each prompt with another row's answer); the chunked loss is
+the SFT loss only (TRL computes the preference losses); and the method itself is a lever: DPO's
+log-probabilities come from a fused head in tiles, while ORPO and SimPO skip the reference forward
+but build full fp32 logits.
 """
 
 from __future__ import annotations
@@ -10,8 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from lora_studio.core.config import PAIR_METHODS
 from lora_studio.core.estimate.analytic import estimate_plan
-from lora_studio.core.estimate.request import EstimateRequest, MemoryEstimate, Plan, gb, plan_for
+from lora_studio.core.estimate.request import (
+    METHOD_NAMES,
+    EstimateRequest,
+    MemoryEstimate,
+    Plan,
+    gb,
+    plan_for,
+)
 
 MAX_BATCH = 4096
 
@@ -37,16 +51,20 @@ def advise(req: EstimateRequest, plan: Plan, estimate: MemoryEstimate) -> list[s
         return estimate_plan(candidate).total_bytes
 
     lines: list[str] = []
-    batch = _largest(lambda b: total_for(replace(plan, batch_size=b)) <= limit, MAX_BATCH)
+    low = _smallest_batch(plan)
+    batch = _largest(lambda b: total_for(replace(plan, batch_size=b)) <= limit, MAX_BATCH, lowest=low)
+    pairs = plan.method in PAIR_METHODS
     if batch:
-        lines.append(f"Largest batch size that fits at sequence length {plan.seq_len}: {batch}.")
+        counted = f"{batch} pair{'s' if batch > 1 else ''} ({2 * batch} sequences)" if pairs else f"{batch}"
+        lines.append(f"Largest batch size that fits at sequence length {plan.seq_len}: {counted}.")
     else:
-        lines.append(f"Even batch size 1 does not fit at sequence length {plan.seq_len}.")
+        lines.append(f"Even batch size {low} does not fit at sequence length {plan.seq_len}.")
     max_seq = plan.shape.context_length or 131072
     seq = _largest(lambda s: total_for(replace(plan, seq_len=s)) <= limit, max_seq)
+    what = "answer (chosen and rejected each)" if pairs else "sequence"
     if seq:
         shown = seq if seq < 64 else seq - seq % 64
-        lines.append(f"Longest sequence that fits at batch size {plan.batch_size}: {shown} tokens.")
+        lines.append(f"Longest {what} that fits at batch size {plan.batch_size}: {shown} tokens.")
     else:
         lines.append(f"No sequence length fits at batch size {plan.batch_size}.")
     if total > limit:
@@ -55,14 +73,23 @@ def advise(req: EstimateRequest, plan: Plan, estimate: MemoryEstimate) -> list[s
             new = total_for(candidate)
             verdict = "fits" if new <= limit else "still too big"
             lines.append(f"{text}: saves {gb(total - new)} → {gb(new)} ({verdict}).")
+        for text, candidate in _method_changes(plan):
+            new = total_for(candidate)
+            if new < total:
+                verdict = "fits" if new <= limit else "still too big"
+                lines.append(f"{text}: saves {gb(total - new)} → {gb(new)} ({verdict}).")
+        reference = _reference_line(plan, estimate)
+        if reference:
+            lines.append(reference)
         combined = _all_savers(plan)
         if combined is not None:
             new = total_for(combined)
             if new > limit:
+                loss = "chunked loss, " if plan.method == "sft" else ""
                 lines.append(
-                    "All memory savers together (4-bit, lean preparation, chunked loss, "
-                    f"{'offloaded ' if combined.offload else ''}checkpointing, 8-bit optimizer, batch 1) "
-                    "still need "
+                    f"All memory savers together (4-bit, lean preparation, {loss}"
+                    f"{'offloaded ' if combined.offload else ''}checkpointing, 8-bit optimizer, "
+                    f"batch {combined.batch_size}) still need "
                     f"{gb(new)}" + _smallest_gpu(new)
                 )
         fsdp = _fsdp_line(estimate_plan(combined or plan).bytes, limit, with_savers=combined is not None)
@@ -103,9 +130,14 @@ def _all_savers(plan: Plan) -> Plan | None:
         lean_kbit_prep=True,
         chunked_loss=True,
         optimizer="paged_adamw_8bit",
-        batch_size=1,
+        batch_size=_smallest_batch(plan),
     )
     return None if combined == plan else combined
+
+
+def _smallest_batch(plan: Plan) -> int:
+    """KTO's KL term pairs each prompt with another row's answer: TRL refuses a batch of 1."""
+    return 2 if plan.method == "kto" else 1
 
 
 def _smallest_gpu(needed: int) -> str:
@@ -141,12 +173,20 @@ def _single_changes(plan: Plan) -> list[tuple[str, Plan]]:
     if plan.lora_r > 4:
         r = max(4, plan.lora_r // 2)
         changes.append((f"Halve the LoRA rank (--lora-r {r})", replace(plan, lora_r=r)))
-    if plan.batch_size > 1:
-        accum = plan.grad_accum * plan.batch_size
+    low = _smallest_batch(plan)
+    if plan.batch_size > low:
+        examples = plan.grad_accum * plan.batch_size
+        accum = -(-examples // low)
+        same = "same" if accum * low == examples else "about the same"
+        size = {
+            1: "Batch size 1"
+            + (" pair (its chosen and rejected answer: 2 sequences)" if plan.method in PAIR_METHODS else ""),
+            2: "Batch size 2 (KTO's smallest: its KL term needs another row's answer)",
+        }[low]
         changes.append(
             (
-                f"Batch size 1 with gradient accumulation {accum} (same effective batch)",
-                replace(plan, batch_size=1),
+                f"{size} with gradient accumulation {accum} ({same} effective batch)",
+                replace(plan, batch_size=low),
             )
         )
     if plan.seq_len > 128:
@@ -170,7 +210,7 @@ def _saver_changes(plan: Plan) -> list[tuple[str, Plan]]:
                 replace(plan, lean_kbit_prep=True),
             )
         )
-    if not plan.chunked_loss:
+    if not plan.chunked_loss and plan.method == "sft":  # TRL computes the preference losses
         changes.append(
             (
                 "Compute the loss in chunks (training.chunked_loss)",
@@ -195,11 +235,11 @@ def _saver_changes(plan: Plan) -> list[tuple[str, Plan]]:
     return changes
 
 
-def _largest(ok: Callable[[int], bool], upper: int) -> int:
-    """The largest n in [1, upper] with ok(n) true, assuming ok is monotone (0 if none)."""
-    if not ok(1):
+def _largest(ok: Callable[[int], bool], upper: int, *, lowest: int = 1) -> int:
+    """The largest n in [lowest, upper] with ok(n) true, assuming ok is monotone (0 if none)."""
+    if not ok(lowest):
         return 0
-    low, high = 1, 2
+    low, high = lowest, 2 * lowest
     while high <= upper and ok(high):
         low, high = high, high * 2
     high = min(high, upper + 1)
@@ -210,3 +250,42 @@ def _largest(ok: Callable[[int], bool], upper: int) -> int:
         else:
             high = mid
     return low
+
+
+#: Why one pair method costs what it does, for the advice that offers another.
+_HOW = {
+    "dpo": "log-probabilities from a fused head in tiles, plus a reference forward without a graph",
+    "orpo": "no reference forward, but full fp32 logits and a cross-entropy on the chosen half",
+    "simpo": "no reference forward, but full fp32 logits",
+}
+
+
+def _method_changes(plan: Plan) -> list[tuple[str, Plan]]:
+    """The other pair methods on the same pairs (offered only where they need less)."""
+    if plan.method not in PAIR_METHODS:
+        return []
+    return [
+        (
+            f"Train with {METHOD_NAMES[other]} instead ({_HOW[other]}; --method {other})",
+            replace(plan, method=other),
+        )
+        for other in PAIR_METHODS
+        if other != plan.method
+    ]
+
+
+def _reference_line(plan: Plan, estimate: MemoryEstimate) -> str | None:
+    """What DPO's and KTO's reference forward costs: compute, and a little working memory."""
+    if not plan.reference:
+        return None
+    what = (
+        f"{METHOD_NAMES[plan.method]}'s reference forward (the adapter switched off: no second copy of "
+        "the model, no graph)"
+    )
+    working = gb(estimate.details.get("reference_forward", 0))
+    if estimate.peak_moment == "reference":
+        return f"{what} is this step's peak: {working} of working memory on top of the saved activations."
+    return (
+        f"{what} costs a forward of compute per step but only {working} of working memory while it "
+        "runs, less than the rest of the step needs: it is not what makes this run too big."
+    )

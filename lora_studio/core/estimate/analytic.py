@@ -5,6 +5,8 @@ The estimate mirrors the engine's real choices (``core/models.load_model`` quant
 causal-LM loss with its fp32 upcast). Parameter counts and weight bytes are exact (tested against
 loaded models); activations follow an enumeration of the tensors autograd saves, checked against
 precise mode (``core/estimate/precise.py``) and measured saved tensors (``bench/estimate_accuracy.py``).
+The preference methods follow TRL's trainers: twice the rows for a pair method, DPO's/KTO's
+reference forward without a graph, TRL's fused log-prob head, ORPO's/SimPO's full logits.
 After the first call for a model (which builds it on the meta device) an estimate is arithmetic,
 so the GUI can recompute on every edit. Formulas and sources: ``docs/memory.md``.
 """
@@ -20,7 +22,10 @@ from lora_studio.core.estimate.request import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTE
 from lora_studio.core.estimate.terms import (
     dora_forward_temp_bytes,
     dora_weight_copies,
+    full_logits_bytes,
+    fused_head_bytes,
     layer_backward_temp_bytes,
+    layer_forward_temp_bytes,
     layer_saved_per_token,
     logits_peak_bytes,
     lora_tensor_sizes,
@@ -52,10 +57,14 @@ def _estimate(plan: Plan, device_bytes: int | None) -> MemoryEstimate:
         shape, plan.quantization, plan.compute_bytes, prepared=False
     )
     lora_bytes = 4 * trainable
+    if plan.reference_adapter:  # TRL's frozen fp32 copy of the starting adapter, the reference's
+        lora_bytes += 4 * trainable
     grads = 4 * trainable
     optim = optimizer_bytes(sizes, plan.optimizer)
 
-    activations, logits, temporaries, per_layer = _activation_terms(plan, grads=grads, trainable=trainable)
+    activations, logits, temporaries, per_layer, moment = _activation_terms(
+        plan, grads=grads, trainable=trainable
+    )
     tensors = weights_q + weights_u + lora_bytes + grads + optim + activations + logits + temporaries
     overhead = CUDA_CONTEXT_BYTES + round(ALLOCATOR_SLACK * tensors) if plan.device == "cuda" else 0
     total = tensors + overhead
@@ -83,16 +92,18 @@ def _estimate(plan: Plan, device_bytes: int | None) -> MemoryEstimate:
         device_bytes=device_bytes,
         fits=None if device_bytes is None else total <= device_bytes,
         advice=[],
-        explanations=explain(plan, per_layer_token=per_layer, masked=_masked(plan)),
+        explanations=explain(plan, per_layer_token=per_layer, masked=_masked(plan), moment=moment),
         model=shape.name,
         dtype=plan.dtype_name,
         device=plan.device,
         notes=_notes(plan),
+        peak_moment=moment,
         details={
             "weights_as_loaded": weights_loaded,
             "activations_per_token_per_layer": per_layer,
             "logits_per_token": logits // plan.tokens,
             "tokens": plan.tokens,
+            "reference_forward": _reference_temp(plan) if plan.reference else 0,
         },
     )
 
@@ -100,18 +111,19 @@ def _estimate(plan: Plan, device_bytes: int | None) -> MemoryEstimate:
 def _masked(plan: Plan) -> bool:
     """Whether transformers builds an attention mask: padded batches, packing, long sliding windows."""
     window = plan.shape.sliding_window
-    return plan.batch_size > 1 or plan.packing or bool(window and plan.seq_len > window)
+    return plan.rows > 1 or plan.packing or bool(window and plan.seq_len > window)
 
 
-def _activation_terms(plan: Plan, *, grads: int, trainable: int) -> tuple[int, int, int, int]:
-    """(activations, logits, temporaries, saved bytes per token of the largest layer).
+def _activation_terms(plan: Plan, *, grads: int, trainable: int) -> tuple[int, int, int, int, str]:
+    """(activations, logits, temporaries, saved bytes per token of the largest layer, peak moment).
 
-    A step's peak is the largest of four moments, all on top of the static bytes: the loss (saved
+    A step's peak is the largest of a few moments, all on top of the static bytes: the loss (saved
     activations + logits), the start of the last layer's backward (+ its recomputation under
     checkpointing + gradient buffers), DoRA's weight-sized forward work (under checkpointing it
-    reruns in a layer's recomputation, with the gradients already there), and the optimizer step.
+    reruns in a layer's recomputation, with the gradients already there), the optimizer step, and
+    for DPO and KTO the reference forward (no graph) while the policy's graph waits for backward.
     ``temporaries`` is what the largest moment needs beyond the loss phase, so the parts add up
-    to the total.
+    to the total; the moment is named ("loss", "layer", "step", "dora" or "reference").
     """
     shape = plan.shape
     tokens, stream = plan.tokens, plan.stream_bytes
@@ -120,17 +132,12 @@ def _activation_terms(plan: Plan, *, grads: int, trainable: int) -> tuple[int, i
     needs_mask = masked or eager
     mask_kinds = (1 if needs_mask else 0) + (1 if shape.sliding_window and needs_mask else 0)
     mask_bytes = stream if eager else 1  # eager adds a float mask; sdpa takes a boolean one
-    masks = mask_kinds * mask_bytes * plan.batch_size * plan.seq_len**2
+    masks = mask_kinds * mask_bytes * plan.rows * plan.seq_len**2
     per_layer = _per_layer_tokens(plan, masked=masked)
     outside = outside_saved_bytes(shape, tokens=tokens, seq_len=plan.seq_len, stream=stream, masks=masks)
     dora_copies = _dora_copies(plan, plan.lora)
-    head_bytes = 4 if plan.compute_bytes == 4 or plan.upcast else 2
-    loss_tokens = min(tokens, loss_chunk_tokens(shape.vocab)) if plan.chunked_loss else tokens
-    logits = logits_peak_bytes(
-        shape, tokens=loss_tokens, head_bytes=head_bytes, softcap=not plan.chunked_loss
-    )
-    if plan.chunked_loss:
-        outside += tokens * shape.hidden * stream  # the final hidden states, input of every loss chunk
+    head_saved, logits = _head_terms(plan)
+    outside += head_saved
     layer_temp = layer_backward_temp_bytes(shape, tokens=tokens)
     if plan.gradient_checkpointing:
         # each layer keeps only its input; bitsandbytes' int8 matmul also keeps its own input as a
@@ -152,8 +159,95 @@ def _activation_terms(plan: Plan, *, grads: int, trainable: int) -> tuple[int, i
         dora_phase = activations + _dora_forward_temp(plan)
         if plan.gradient_checkpointing:
             dora_phase += recompute + grads
-    temporaries = max(0, max(layer_phase, step_phase, dora_phase) - loss_phase)
-    return activations, logits, temporaries, max(per_layer, default=0)
+    reference_phase = activations + _reference_temp(plan) if plan.reference else 0
+    phases = {
+        "loss": loss_phase,
+        "layer": layer_phase,
+        "step": step_phase,
+        "dora": dora_phase,
+        "reference": reference_phase,
+    }
+    moment = max(phases, key=lambda name: phases[name])  # the first of equals: the loss
+    temporaries = phases[moment] - loss_phase
+    return activations, logits, temporaries, max(per_layer, default=0), moment
+
+
+def _head_bytes(plan: Plan) -> int:
+    """Bytes per element of the output head's weight: fp32 in fp32 runs and after peft's preparation."""
+    return 4 if plan.compute_bytes == 4 or plan.upcast else 2
+
+
+def _head_terms(plan: Plan) -> tuple[int, int]:
+    """(bytes the loss keeps for backward beyond the decoder's, peak bytes of the loss itself).
+
+    SFT: the engine's chunked cross-entropy (or the standard one over all logits). DPO and KTO:
+    TRL's fused log-probability head, which keeps a copy of the final hidden states (all positions
+    but the last) and works in tiles. ORPO and SimPO: the full logits of every row, after the output
+    head kept its input (under autocast a 16-bit copy, and of an fp32 head also its weight).
+    """
+    shape, tokens, stream = plan.shape, plan.tokens, plan.stream_bytes
+    head_bytes = _head_bytes(plan)
+    if plan.method == "sft":
+        loss_tokens = min(tokens, loss_chunk_tokens(shape.vocab)) if plan.chunked_loss else tokens
+        logits = logits_peak_bytes(
+            shape, tokens=loss_tokens, head_bytes=head_bytes, softcap=not plan.chunked_loss
+        )
+        # the final hidden states, input of every loss chunk
+        return (tokens * shape.hidden * stream if plan.chunked_loss else 0), logits
+    if plan.fused_head:
+        positions = plan.rows * (plan.seq_len - 1)
+        forward, backward = _fused_head(plan, positions)
+        copy = positions * shape.hidden * stream
+        # the forward also holds the decoder's output it copied from (and the copy, when offloaded)
+        forward += tokens * shape.hidden * stream + (copy if plan.offload else 0)
+        if plan.offload:
+            # save_on_cpu moves every tensor the head saves, its weight included, to host memory
+            # and back for backward: a second copy of the output head's weight while it runs
+            backward += copy + shape.vocab * shape.hidden * head_bytes
+        return copy, max(forward, backward)
+    compute = 2 if plan.autocast else stream
+    elements = plan.rows * plan.seq_len * shape.vocab
+    saved = tokens * shape.hidden * compute
+    if plan.autocast and head_bytes == 4:
+        saved += shape.vocab * shape.hidden * 2
+    if shape.logit_softcap:  # the model caps its logits itself: tanh keeps its output
+        saved += elements * (2 if plan.autocast else head_bytes)
+    logits_bytes = 4 if plan.autocast else head_bytes  # accelerate returns 16-bit outputs in fp32
+    logits = full_logits_bytes(elements=elements, logits_bytes=logits_bytes, method=plan.method)
+    if plan.offload:
+        # save_on_cpu brings the output head's saved weight (and input) back for its backward,
+        # while the logits' gradient in the head's dtype exists
+        matmul = 2 if plan.autocast else head_bytes
+        head_backward = (elements + shape.vocab * shape.hidden) * matmul + 2 * tokens * shape.hidden * compute
+        logits = max(logits, head_backward)
+    return saved, logits
+
+
+def _fused_head(plan: Plan, positions: int) -> tuple[int, int]:
+    compute = 2 if plan.autocast else plan.stream_bytes
+    return fused_head_bytes(
+        plan.shape,
+        positions=positions,
+        compute=compute,
+        stream=plan.stream_bytes,
+        head_bytes=_head_bytes(plan),
+    )
+
+
+def _reference_temp(plan: Plan) -> int:
+    """The reference forward's own transient bytes: one decoder layer at a time, then the fused head.
+
+    DPO's reference reads the same chosen + rejected rows as the policy; KTO's reads its answers
+    and then its KL rows, one batch at a time.
+    """
+    shape, stream = plan.shape, plan.stream_bytes
+    tokens = plan.rows * plan.seq_len
+    layer = layer_forward_temp_bytes(shape, tokens=tokens, seq_len=plan.seq_len, stream=stream)
+    positions = plan.rows * (plan.seq_len - 1)
+    head = (
+        _fused_head(plan, positions)[0] + tokens * shape.hidden * stream + positions * shape.hidden * stream
+    )
+    return max(layer, head)
 
 
 def _dora_copies(plan: Plan, modules: Iterable[Module]) -> int:
@@ -193,11 +287,9 @@ def _first_layer_discount(plan: Plan) -> int:
             continue
         adapters = sum(1 for leaf in leaves if leaf in first)
         copies += _dora_copies(plan, [m for m in first_modules if m.leaf in leaves])
-        if plan.lora_dropout > 0:
+        if plan.dropout:
             discount += adapters * width  # the 1-byte dropout masks
-        if plan.quantization == "int8" and not (
-            adapters and plan.stream_bytes == 4 and plan.lora_dropout == 0
-        ):
+        if plan.quantization == "int8" and not (adapters and plan.stream_bytes == 4 and not plan.dropout):
             discount += plan.stream_bytes * width
     return discount * plan.tokens + copies
 
@@ -227,12 +319,13 @@ def _per_layer_tokens(plan: Plan, *, masked: bool) -> list[int]:
                 set(targeted),
                 stream=plan.stream_bytes,
                 r=plan.lora_r,
-                dropout=plan.lora_dropout > 0,
+                dropout=plan.dropout,
                 use_dora=plan.use_dora,
                 masked=masked,
                 int8=plan.quantization == "int8",
                 seq_len=plan.seq_len,
                 autocast=plan.autocast,
+                dora_dropout=plan.lora_dropout > 0,
             )
         out.append(cache[targeted])
     return out

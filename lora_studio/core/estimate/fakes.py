@@ -4,6 +4,7 @@
   registered fake kernels (``Params4bit``/``Int8Params`` cannot wrap a fake tensor).
 - ``cached_code_books`` serves bitsandbytes' 8-bit code books, which it builds with ``.item()``.
 - ``cuda_kernels`` makes CPU (and fake) runs keep what CUDA keeps for backward.
+- ``trl_cuda_kernels`` stands in for TRL's Triton kernels of the preference losses (their memory).
 - ``new_tracker`` is torch's ``MemTracker`` adapted to LoRA models and a chunked loss.
 
 Every patch is scoped to a context manager and undone on exit.
@@ -155,6 +156,87 @@ def cuda_kernels(*, packing: bool = False) -> Iterator[None]:
         torch.nn.functional.dropout = original_dropout
         bnb.matmul = original_matmul
         masking_utils.find_packed_sequence_indices = original_packed
+
+
+@contextlib.contextmanager
+def trl_cuda_kernels() -> Iterator[None]:
+    """TRL's GPU kernels for the preference losses, allocating what they allocate on a GPU.
+
+    - The fused LM head of DPO and KTO (``trl.kernels.chunked_logprob``): on a GPU, Triton folds
+      each logits tile into per-token statistics (forward) and rewrites it in place as its
+      gradient (backward), and cuBLAS accumulates the gradient GEMMs into fp32 buffers in place.
+      Its CPU fallback computes the same in fp32 copies of each tile, which a GPU never allocates:
+      those three functions become in-place no-ops (values do not matter to fake tensors).
+    - ``selective_log_softmax`` of ORPO and SimPO: on a GPU one Triton kernel reads the logits in
+      place, keeps four fp32 values per position and, in backward, allocates the logits' gradient;
+      the CPU fallback instead keeps a log-softmax per row. An autograd function allocating
+      exactly the kernel's tensors takes its place.
+    """
+    import torch
+    import trl.trainer.utils as trl_utils
+    from trl.kernels import chunked_logprob
+
+    def unchanged(*_: Any, **__: Any) -> None:
+        return None
+
+    def supported(logits: Any, index: Any = None, row_mask: Any = None) -> bool:
+        # TRL's own conditions, without the one on the device type
+        ok = logits.dtype in (torch.float16, torch.bfloat16, torch.float32) and 1 <= logits.ndim <= 3
+        ok = ok and logits.stride(-1) == 1 and logits.shape[-1] > 0
+        if index is not None:
+            ok = ok and index.shape == logits.shape[:-1] and index.dtype in (torch.int32, torch.int64)
+        return ok
+
+    kernel = _log_prob_entropy_class()
+
+    def fused(logits: Any, index: Any, temperature: float = 1.0, row_mask: Any = None) -> Any:
+        return kernel.apply(logits, index, temperature, row_mask)
+
+    patches = [
+        (chunked_logprob, "_forward_tile", unchanged),
+        (chunked_logprob, "_backward_tile", unchanged),
+        (chunked_logprob, "_addmm_fp32", unchanged),
+        (trl_utils, "is_triton_available", lambda: True),
+        (trl_utils, "_supports_trl_loss_kernel", supported),
+        (trl_utils, "_fused_logprob_entropy", fused),
+    ]
+    missing = object()
+    saved = [(module, name, getattr(module, name, missing)) for module, name, _ in patches]
+    for module, name, value in patches:
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            if value is missing:
+                delattr(module, name)
+            else:
+                setattr(module, name, value)
+
+
+def _log_prob_entropy_class() -> Any:
+    """``trl.kernels.logprob_entropy._LogProbEntropyFunction``'s tensors, without its Triton kernels."""
+    import torch
+
+    class LogProbEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, logits: Any, index: Any, temperature: float, row_mask: Any) -> Any:
+            logprobs = torch.empty(logits.shape[:-1], device=logits.device, dtype=torch.float32)
+            entropy = torch.empty_like(logprobs)
+            log_z = torch.empty_like(logprobs)
+            expected_logit = torch.empty_like(logprobs)
+            ctx.set_materialize_grads(False)
+            ctx.save_for_backward(logits, index, log_z, expected_logit, row_mask)
+            return logprobs, entropy
+
+        @staticmethod
+        def backward(ctx: Any, grad_logprobs: Any, grad_entropy: Any) -> Any:
+            logits = ctx.saved_tensors[0]
+            if grad_logprobs is not None:
+                grad_logprobs = grad_logprobs.contiguous()
+            return torch.empty_like(logits, memory_format=torch.contiguous_format), None, None, None
+
+    return LogProbEntropy
 
 
 def _tracker_class() -> type:

@@ -1,5 +1,7 @@
 """Precise mode: simulate one real training step on fake tensors and track every allocation.
 
+The preference methods' steps (DPO, KTO, ORPO, SimPO) are TRL's: ``preference`` builds them.
+
 The analytic estimate (``estimate.py``) is arithmetic over an enumeration of what autograd keeps;
 this module checks it by running the real code instead. It builds the model exactly as the engine
 does (meta device → bitsandbytes layer replacement → ``prepare_model_for_kbit_training`` →
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from lora_studio.core.errors import ConfigError
 from lora_studio.core.estimate.advice import estimate_memory
 from lora_studio.core.estimate.fakes import cached_code_books, cuda_kernels, materialise, new_tracker
-from lora_studio.core.estimate.request import EstimateRequest, MemoryEstimate, Plan, plan_for
+from lora_studio.core.estimate.request import METHOD_NAMES, EstimateRequest, MemoryEstimate, Plan, plan_for
 
 if TYPE_CHECKING:
     import torch
@@ -68,10 +70,14 @@ class PreciseEstimate:
         return data
 
 
-def estimate_precise(req: EstimateRequest, *, layers: int | None = None) -> PreciseEstimate:
+def estimate_precise(
+    req: EstimateRequest, *, layers: int | None = None, adapter_dtype: torch.dtype | None = None
+) -> PreciseEstimate:
     """Simulate a training step; ``layers`` caps the simulated depth (default: 2 and 4, then extrapolate).
 
     Takes seconds for small models and up to a few minutes for 70B-class widths on a 2-core CPU.
+    ``adapter_dtype`` is :func:`simulate_step`'s (the engine's adapters are fp32; the analytic
+    estimate assumes so).
     """
     analytic = estimate_memory(req)
     plan = plan_for(req)
@@ -91,7 +97,7 @@ def estimate_precise(req: EstimateRequest, *, layers: int | None = None) -> Prec
     else:
         points = (cap // 2, cap)
     start = time.perf_counter()
-    runs = {n: simulate_step(plan, layers=n) for n in points}
+    runs = {n: simulate_step(plan, layers=n, adapter_dtype=adapter_dtype) for n in points}
     if len(points) == 1:
         peak = runs[points[0]]
     else:
@@ -113,6 +119,13 @@ def estimate_precise(req: EstimateRequest, *, layers: int | None = None) -> Prec
         notes.append(
             "paged optimizer simulated as its non-paged twin (same bytes; paged states can spill to CPU)"
         )
+    if adapter_dtype is not None:
+        notes.append(f"adapters simulated in {adapter_dtype} (the engine and the analytic estimate: fp32)")
+    if plan.method != "sft":
+        notes.append(
+            f"{METHOD_NAMES[plan.method]}: simulated with TRL's own step code where fake tensors allow; "
+            "every position counted as an answer token (an upper bound)"
+        )
     if plan.quantization == "int8":
         notes.append(
             "int8 simulated without outlier decomposition (threshold 0): outliers depend on real weights"
@@ -132,26 +145,50 @@ def estimate_precise(req: EstimateRequest, *, layers: int | None = None) -> Prec
     )
 
 
-def simulate_step(plan: Plan, *, layers: int) -> dict[str, int]:
-    """Peak bytes by category of a steady-state training step of ``plan`` with ``layers`` decoder layers."""
+def simulate_step(plan: Plan, *, layers: int, adapter_dtype: torch.dtype | None = None) -> dict[str, int]:
+    """Peak bytes by category of a steady-state training step of ``plan`` with ``layers`` decoder layers.
+
+    ``adapter_dtype`` casts the trainable adapter weights (and so their gradients and optimizer
+    states) after they are built: the engine keeps them in fp32, as peft makes them, but TRL's own
+    QLoRA path casts them to bf16 — ``bench/preference_memory.py`` simulates that path with it.
+    """
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from lora_studio.core.models import quiet_libraries
 
-    with quiet_libraries(), cached_code_books(), cuda_kernels(packing=plan.packing):
+    preference = plan.method != "sft"
+    with quiet_libraries(), cached_code_books(), cuda_kernels(packing=plan.packing), _method_kernels(plan):
         model = build_training_model(plan, layers=layers)
+        if preference:
+            from lora_studio.core.estimate.preference import preference_batch, prepare_policy
+
+            model = prepare_policy(model, plan)
+            batch = preference_batch(plan, model.config.pad_token_id or 0)
+            inputs = list(batch.values())
+        else:
+            mask = _padded_mask(plan)
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-        mask = _padded_mask(plan)
         with fake_mode:
             extra = materialise(model, plan)
+            if adapter_dtype is not None:
+                _cast_trainable(model, adapter_dtype)
             trainable = [p for p in model.parameters() if p.requires_grad]
             optimizer = _optimizer(plan, trainable)
-            ids = torch.zeros((plan.batch_size, plan.seq_len), dtype=torch.long)
+            if not preference:
+                ids = torch.zeros((plan.batch_size, plan.seq_len), dtype=torch.long)
+                inputs = [ids]
 
             def step() -> None:
-                with _autocast(plan), _offload(plan):
-                    loss = _loss(model, ids, mask, plan) / plan.grad_accum
+                if preference:
+                    from lora_studio.core.estimate.preference import preference_loss
+
+                    # the Trainer's compute_loss: autocast is on the model's forward only (accelerate)
+                    with _offload(plan):
+                        loss = preference_loss(model, batch, plan) / plan.grad_accum
+                else:
+                    with _autocast(plan), _offload(plan):
+                        loss = _loss(model, ids, mask, plan) / plan.grad_accum
                 loss.backward()
                 del loss
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -165,7 +202,7 @@ def simulate_step(plan: Plan, *, layers: int) -> dict[str, int]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             tracker = new_tracker()
-            tracker.track_external(model, optimizer, ids, *extra)
+            tracker.track_external(model, optimizer, *inputs, *extra)
             with tracker, _free_dora_weight_graphs(model):
                 step()
             snapshot = tracker.get_tracker_snapshot("peak")
@@ -176,6 +213,25 @@ def simulate_step(plan: Plan, *, layers: int) -> dict[str, int]:
         if name:
             out[name] += int(value)
     return out
+
+
+def _method_kernels(plan: Plan) -> contextlib.AbstractContextManager[Any]:
+    """TRL's GPU kernels for the preference methods (their memory), none for supervised runs."""
+    if plan.method == "sft":
+        return contextlib.nullcontext()
+    from lora_studio.core.estimate.fakes import trl_cuda_kernels
+
+    return trl_cuda_kernels()
+
+
+def _cast_trainable(model: Any, dtype: torch.dtype) -> None:
+    """Replace each trainable parameter by one of ``dtype`` (fake tensors cannot be cast in place)."""
+    import torch
+
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.requires_grad and param.dtype != dtype:
+                module._parameters[name] = torch.nn.Parameter(torch.empty(param.shape, dtype=dtype))
 
 
 def build_training_model(plan: Plan, *, layers: int | None = None) -> Any:
@@ -241,6 +297,9 @@ def build_training_model(plan: Plan, *, layers: int | None = None) -> Any:
     )
     with model_construction():
         model = get_peft_model(model, lora)
+        if plan.reference_adapter:  # TRL's frozen copy of the starting adapter, DPO's/KTO's reference
+            model.add_adapter("ref", lora)
+            model.set_adapter("default")
     model.train()
     return model
 

@@ -4,14 +4,17 @@
 ``plan_for`` validates it and resolves what the engine would do (dtype, LoRA modules) into a
 ``Plan``, which the arithmetic (``analytic``), the words (``explain``, ``advice``) and precise mode
 all read. Kept apart from the arithmetic so that each of those imports it, and none each other.
+
+The training method matters: a pair method (DPO, ORPO, SimPO) runs each pair's chosen and rejected
+answer in one batch, so ``batch_size`` pairs are ``2 × batch_size`` sequences (``Plan.rows``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
-from lora_studio.core.config import default
+from lora_studio.core.config import PAIR_METHODS, REFERENCE_METHODS, Method, default
 from lora_studio.core.errors import ConfigError
 from lora_studio.core.estimate.model import ModelShape, Module, lora_modules, model_shape
 
@@ -31,11 +34,22 @@ QUANTIZATIONS = ("none", "int8", "nf4", "fp4")
 COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 DEVICES = ("cuda", "cpu")
+METHODS: tuple[str, ...] = get_args(Method)
+#: How the methods are written in messages.
+METHOD_NAMES = {"sft": "SFT", "dpo": "DPO", "kto": "KTO", "orpo": "ORPO", "simpo": "SimPO"}
+#: Methods whose TRL trainer computes log-probabilities with a fused LM head (tiles of positions ×
+#: vocabulary, never the whole logits); ORPO and SimPO (TRL's experimental ORPO/CPO trainers)
+#: build the full logits of every chosen and rejected sequence.
+FUSED_HEAD_METHODS = ("dpo", "kto")
 
 
 @dataclass(frozen=True)
 class EstimateRequest:
-    """Everything that decides training memory; every default is ``RunConfig``'s (``config.default``)."""
+    """Everything that decides training memory; every default is ``RunConfig``'s (``config.default``).
+
+    ``method`` is ``training.method``; for the pair methods ``batch_size`` counts pairs and
+    ``seq_len`` bounds each answer (chosen and rejected are cut to it on their own).
+    """
 
     model: str
     quantization: str = default("model.quantization")
@@ -58,6 +72,10 @@ class EstimateRequest:
     lean_kbit_prep: bool = default("model.lean_kbit_prep")
     chunked_loss: bool = default("training.chunked_loss")
     checkpoint_offload: bool = default("training.checkpoint_offload")
+    method: str = default("training.method")
+    #: DPO/KTO only: the reference is base + a frozen copy of the adapter the run starts from
+    #: (``preference.init_adapter``, or PiSSA/OLoRA's starting adapter), not the bare base.
+    reference_adapter: bool = False
 
     @classmethod
     def from_config(cls, config: RunConfig, *, device: str, vram_bytes: int | None) -> EstimateRequest:
@@ -83,6 +101,10 @@ class EstimateRequest:
             lean_kbit_prep=config.model.lean_kbit_prep,
             chunked_loss=config.training.chunked_loss,
             checkpoint_offload=config.training.checkpoint_offload,
+            method=config.training.method,
+            # as core/train/trainer.reference_needs_adapter decides (it imports torch; this may not)
+            reference_adapter=config.training.method in REFERENCE_METHODS
+            and (bool(config.preference.init_adapter) or config.lora.init in ("pissa", "olora")),
         )
 
 
@@ -110,10 +132,34 @@ class Plan:
     lean_kbit_prep: bool = True
     chunked_loss: bool = True
     checkpoint_offload: bool = False
+    method: str = "sft"
+    reference_adapter: bool = False
+
+    @property
+    def rows(self) -> int:
+        """Sequences in one forward of the trained model: a pair method's batch holds each pair's
+        chosen and rejected answer (``batch_size`` counts pairs), so twice the batch."""
+        return 2 * self.batch_size if self.method in PAIR_METHODS else self.batch_size
 
     @property
     def tokens(self) -> int:
-        return self.batch_size * self.seq_len
+        """Tokens of the forward that keeps a graph for backward (each row up to ``seq_len``)."""
+        return self.rows * self.seq_len
+
+    @property
+    def reference(self) -> bool:
+        """DPO and KTO also run the reference (the adapter switched off) without a graph."""
+        return self.method in REFERENCE_METHODS
+
+    @property
+    def fused_head(self) -> bool:
+        return self.method in FUSED_HEAD_METHODS
+
+    @property
+    def dropout(self) -> bool:
+        """Whether LoRA dropout acts: TRL's preference trainers set every dropout to p=0
+        (``disable_dropout``), so that the policy and the reference score an answer alike."""
+        return self.lora_dropout > 0 and self.method == "sft"
 
     @property
     def upcast(self) -> bool:
@@ -159,13 +205,17 @@ class MemoryEstimate:
     device: str = "cuda"
     notes: list[str] = field(default_factory=list)
     details: dict[str, int] = field(default_factory=dict)
+    #: The moment of the step that is its peak: "loss", "layer" (a layer's backward), "step" (the
+    #: optimizer), "dora" (DoRA's weight work) or "reference" (DPO's/KTO's reference forward).
+    peak_moment: str = ""
 
     @property
     def total_bytes(self) -> int:
         return self.bytes["total"]
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` shape of issue 5 (extra keys: explanations, model, dtype, device, notes, details)."""
+        """The ``--json`` shape of issue 5 (extra keys: explanations, model, dtype, device, notes, details,
+        peak_moment)."""
         return {
             "parameters": dict(self.parameters),
             "bytes": dict(self.bytes),
@@ -178,6 +228,7 @@ class MemoryEstimate:
             "device": self.device,
             "notes": list(self.notes),
             "details": dict(self.details),
+            "peak_moment": self.peak_moment,
         }
 
 
@@ -194,6 +245,7 @@ def plan_for(req: EstimateRequest) -> Plan:
     if req.device.startswith("cuda:"):  # a device index does not change the estimate
         req = replace(req, device="cuda")
     _choice("device", req.device, DEVICES)
+    _choice("method", req.method, METHODS)
     problems = {}
     for name in ("lora_r", "batch_size", "seq_len", "grad_accum"):
         if int(getattr(req, name)) < 1:
@@ -204,6 +256,12 @@ def plan_for(req: EstimateRequest) -> Plan:
         problems["lora_dropout"] = "must be in [0, 1)"
     if req.vram_bytes is not None and req.vram_bytes <= 0:
         problems["vram"] = "must be a positive amount of memory"
+    if req.method != "sft" and req.packing:
+        problems["packing"] = f"does not apply to {METHOD_NAMES[req.method]}: each answer is its own row"
+    if req.method == "kto" and req.batch_size == 1:
+        problems["batch_size"] = (
+            "KTO needs at least 2: its KL term pairs each prompt with another row's answer in the batch"
+        )
     if problems:
         raise ConfigError(problems)
     shape = model_shape(req.model, trust_remote_code=req.trust_remote_code)
@@ -229,6 +287,8 @@ def plan_for(req: EstimateRequest) -> Plan:
         lean_kbit_prep=req.lean_kbit_prep,
         chunked_loss=req.chunked_loss,
         checkpoint_offload=req.checkpoint_offload,
+        method=req.method,
+        reference_adapter=req.reference_adapter and req.method in REFERENCE_METHODS,
     )
 
 

@@ -31,6 +31,18 @@ OPTIM_8BIT_MAPS = 2 * 256 * 4
 #: width. Fitted to precise mode on llama shapes (bf16 and NF4, dropout on/off); docs/memory.md.
 LAYER_TEMP_PER_MLP = 6.0
 LAYER_TEMP_PER_HIDDEN = 8.0
+#: One decoder layer's forward without a graph (a preference method's reference forward), per
+#: token and per byte of the residual stream: at its widest (the gated MLP's product) the
+#: activation, the up projection and their product, plus the layer's input, its normed copy and
+#: the attention output. Measured in precise mode (llama shapes, bf16 / NF4 / fp32 / peft-prepared):
+#: 3.0 and 3.5 within 1% where the MLP is at least 2.5x the hidden width (every catalog model).
+FORWARD_TEMP_PER_MLP = 3.0
+FORWARD_TEMP_PER_HIDDEN = 3.5
+#: TRL's fused LM head (``trl.kernels.chunked_logprob``): one buffer of 4,096 positions × 32,768
+#: vocabulary entries in the compute dtype, whatever the vocabulary (``TOKEN_CHUNK_SIZE`` ×
+#: ``_CHUNKED_LOGPROB_CHUNK_SIZE`` in TRL 1.x).
+FUSED_TILE_TOKENS = 4096
+FUSED_TILE_VOCAB = 32768
 
 
 def quantized_weight_bytes(modules: Iterable[Module], quantization: str, double_quant: bool) -> int:
@@ -112,6 +124,7 @@ def layer_saved_per_token(
     int8: bool,
     seq_len: int,
     autocast: bool = False,
+    dora_dropout: bool | None = None,
 ) -> int:
     """Bytes autograd keeps per token for one decoder layer (no checkpointing).
 
@@ -122,7 +135,13 @@ def layer_saved_per_token(
     Under autocast every matmul input is saved as a 16-bit copy, so LoRA inputs cost 2 bytes each;
     the base layers keep the stream's dtype (bitsandbytes' 4-bit matmul is not autocast, so after
     peft's fp32 preparation the layer computes in fp32).
+
+    ``dropout`` says whether LoRA dropout acts (saves masks); ``dora_dropout`` (default: the same)
+    whether a dropout module is there at all, which alone sends DoRA down its recomputing path:
+    TRL's preference trainers set dropout to p=0 without removing the module.
     """
+    if dora_dropout is None:
+        dora_dropout = dropout
     layer = shape.layer
     h, inter, d = shape.hidden, shape.intermediate, shape.head_dim
     qd, kvd = shape.heads * d, shape.kv_heads * d
@@ -154,7 +173,7 @@ def layer_saved_per_token(
             )
             # the LoRA output is fp32, or 16-bit from an autocast matmul (checked in precise mode)
             lora_out = 2 if autocast else 4
-            total += (lora_out + (4 if dropout and not autocast else stream)) * outs
+            total += (lora_out + (4 if dora_dropout and not autocast else stream)) * outs
         if autocast:
             total += adapters * (2 + (1 if dropout else 0)) * width + adapters * 2 * r
             continue
@@ -258,4 +277,56 @@ def layer_backward_temp_bytes(shape: ModelShape, *, tokens: int) -> int:
     vocabulary, or at short sequences with a wide MLP.
     """
     per_token = LAYER_TEMP_PER_MLP * shape.intermediate + LAYER_TEMP_PER_HIDDEN * shape.hidden
+    return round(tokens * per_token)
+
+
+def fused_head_bytes(
+    shape: ModelShape, *, positions: int, compute: int, stream: int, head_bytes: int
+) -> tuple[int, int]:
+    """(forward, backward) transient bytes of TRL's fused log-probability head over ``positions``.
+
+    Forward: the tile buffer, the 16-bit copies of a chunk of hidden states and of the head's
+    weight rows when autocast computes in another dtype than they are stored, and seven fp32
+    statistics per position. Backward: a second tile buffer and those copies, plus the hidden
+    states' gradient, accumulated in fp32. The head never holds ``positions × vocab`` logits.
+    """
+    tokens = min(positions, FUSED_TILE_TOKENS)
+    tile = tokens * FUSED_TILE_VOCAB * compute
+    casts = (tokens * shape.hidden * compute if stream != compute else 0) + (
+        min(shape.vocab, FUSED_TILE_VOCAB) * shape.hidden * compute if head_bytes != compute else 0
+    )
+    forward = tile + casts + 7 * 4 * positions
+    backward = tile + casts + 4 * positions * shape.hidden
+    return forward, backward
+
+
+def full_logits_bytes(*, elements: int, logits_bytes: int, method: str) -> int:
+    """Peak bytes of ORPO's or SimPO's loss over the full logits (``elements`` = rows × seq × vocab).
+
+    TRL's ORPO/CPO trainers take ``model(...).logits`` whole: accelerate hands them over in fp32
+    when training under autocast (``logits_bytes`` 4). SimPO's fused log-softmax keeps the logits
+    for backward, which then allocates their gradient: 2 per element. ORPO also takes the
+    cross-entropy of the chosen half, whose gradient reaches the logits through two slices: at the
+    moment autograd adds it to the log-softmax's gradient, three logits-sized tensors exist.
+    """
+    return (3 if method == "orpo" else 2) * logits_bytes * elements
+
+
+def layer_forward_temp_bytes(shape: ModelShape, *, tokens: int, seq_len: int, stream: int) -> int:
+    """Transient bytes of one decoder layer's forward without a graph, at its widest point.
+
+    The layer computes in the stream's dtype (bitsandbytes' 4-bit matmul is not autocast, so after
+    peft's fp32 preparation that is fp32 too). A fused gate/up projection (Phi-3) keeps its whole
+    output while the product is formed: one MLP width more; an ungated MLP one less. Eager
+    attention adds its scores for every query × key position while they exist.
+    """
+    mlp = FORWARD_TEMP_PER_MLP
+    leaves = {m.leaf for m in shape.layer_modules(0)}
+    if "gate_up_proj" in leaves:
+        mlp += 1
+    elif not shape.layer.gated_mlp:
+        mlp -= 1
+    per_token = stream * (mlp * shape.intermediate + FORWARD_TEMP_PER_HIDDEN * shape.hidden)
+    if shape.attention == "eager":
+        per_token += (4 + stream + (stream if shape.attn_softcap else 0)) * shape.heads * seq_len
     return round(tokens * per_token)
