@@ -115,7 +115,8 @@ def test_entry_point_runs_as_a_command():
 
 
 def test_a_preference_file_is_reported_as_pairs_with_every_bad_pair_located(capsys, tmp_path):
-    """Pairs cannot be read as supervised data: inspect-data reports them as preference data, exit 1."""
+    """Pairs are read as preference data: which methods fit, how many pairs, each side as the model
+    sees it, every bad pair located; a clean file exits 0, one with problems 1 (#22)."""
     rows = [
         {
             "conversations": [{"from": "human", "value": "What is 2 + 2?"}],
@@ -127,21 +128,74 @@ def test_a_preference_file_is_reported_as_pairs_with_every_bad_pair_located(caps
     path = tmp_path / "dpo.json"
     path.write_text(json.dumps(rows, indent=2), encoding="utf-8")
     code, out, err = run(capsys, str(path))
-    assert code == 1 and "preference data" in err and "cannot train on it" in err
-    assert "Format    preference data, sharegpt (detected)" in out
-    assert "3 pairs (chosen and rejected answers)" in out and "rejected   Probably 5." in out
+    assert code == 1 and "1 of 4 records have problems" in err and "--skip-invalid" in err
+    assert "Format        preference data, sharegpt (detected)" in out
+    assert "3 pairs of a chosen and a rejected answer read" in out
+    assert "Methods       DPO, ORPO, SimPO or KTO — choose one with `lora-studio train --method dpo`" in out
+    assert "Training      3 pairs for training, 0 held out" in out
+    assert "-- Chosen: " in out and "[[4.<|im_end|>]]" in out and "[[Probably 5.<|im_end|>]]" in out
     assert "record 4, field 'rejected': chosen and rejected are the same answer" in out
-    code, out, _ = run(capsys, str(path), "--json")
+    assert "cannot train on it" not in out + err
+    code, out, err = run(capsys, str(path), "--skip-invalid")
+    assert code == 0 and err == ""
+
+
+def test_preference_json_has_the_documented_keys_and_counts(capsys, tmp_path):
+    from lora_studio.cli import inspect_data
+
+    rows = [{"prompt": f"Question {i}?", "chosen": "Yes.", "rejected": "No."} for i in range(10)]
+    rows[3]["rejected"] = "No, " * 40 + "no."
+    rows[7]["chosen"] = ""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    code, out, _ = run(capsys, str(path), "--json", "--max-seq-len", "64", "--examples", "2")
     payload = json.loads(out)
-    assert code == 1 and payload["usable"] is False and payload["preference"]["pairs"] == 3
-    assert payload["errors"][0]["record"] == 4 and payload["preview"][0]["chosen"][0]["content"] == "4."
+    assert code == 1 and payload["usable"] is False
+    keys = {"usable", "kind", "format", "method", "method_requested", "methods", "counts", "stats"}
+    keys |= {"longest_side", "preview", "preference", "errors", "error"}
+    assert set(payload) == keys and all(f"    {k} " in inspect_data.__doc__ for k in keys)
+    assert (payload["kind"], payload["method"], payload["method_requested"]) == ("pairs", "dpo", None)
+    counts = payload["counts"]
+    assert (counts["records"], counts["pairs"], counts["train"], counts["eval"]) == (10, 9, 9, 0)
+    assert (counts["truncated"], counts["skipped"]) == (1, 1) and counts["truncated_tokens"] > 0
+    assert payload["errors"][0]["record"] == 8 and payload["errors"][0]["field"] == "chosen"
+    assert payload["error"]["record"] == 8
+    first = payload["preview"][0]
+    assert first["kind"] == "pair" and len(payload["preview"]) == 2
+    trained = {
+        side: [s["text"] for s in first[side]["segments"] if s["trained"]] for side in ("chosen", "rejected")
+    }
+    assert trained == {"chosen": ["Yes.<|im_end|>"], "rejected": ["No.<|im_end|>"]}
+    assert payload["preference"]["pairs"] == 9 and payload["stats"]["truncated"] == 1
+    code, out, _ = run(
+        capsys, str(path), "--json", "--max-seq-len", "64", "--skip-invalid", "--method", "kto"
+    )
+    payload = json.loads(out)
+    assert code == 0 and payload["method"] == "kto" and payload["counts"]["train"] == 18  # a pair: 2 answers
+    assert (payload["counts"]["train_desirable"], payload["counts"]["train_undesirable"]) == (9, 9)
 
 
-def test_kto_labels_stay_supervised_data_unless_asked_for_as_preference(capsys):
+def test_pairs_as_supervised_data_say_which_methods_fit(capsys, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}) + "\n", encoding="utf-8"
+    )
+    code, out, err = run(capsys, str(path), "--method", "sft")
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "supervised fine-tuning cannot train on them" in err and "DPO, ORPO, SimPO or KTO" in err
+    assert "--method dpo" in err and "Method on the Train page" in err
+
+
+def test_kto_labels_are_preference_data_unless_read_as_supervised(capsys):
     kto = str(PUBLIC / "hiyouga--LLaMA-Factory" / "kto_en_demo.excerpt.json")
-    code, out, _ = run(capsys, kto)
-    assert code == 0 and "Format    messages (detected)" in out and "label = false" in out
-    code, out, _ = run(capsys, kto, "--preference", "--json")
+    code, out, err = run(capsys, kto, "--json", "--max-seq-len", "4096")
     payload = json.loads(out)
-    assert code == 1 and payload["preference"]["kind"] == "labels"
-    assert (payload["preference"]["desirable"], payload["preference"]["undesirable"]) == (4, 2)
+    assert code == 0, err
+    assert payload["kind"] == "labels" and payload["methods"] == ["kto"] and payload["method"] == "kto"
+    assert (payload["counts"]["desirable"], payload["counts"]["undesirable"]) == (4, 2)
+    assert payload["preview"][0]["kind"] == "answer" and payload["preview"][0]["label"] in ("good", "bad")
+    code, out, err = run(capsys, kto, "--method", "dpo")
+    assert code == 1 and "DPO learns from pairs" in err and "choose KTO" in err
+    for flags in (["--method", "sft"], ["--format", "messages"]):  # the old reading, as supervised data
+        code, out, _ = run(capsys, kto, *flags)
+        assert code == 0 and "Format    messages" in out and "label = false" in out

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,3 +182,121 @@ def test_a_record_of_another_shape_is_named_as_such(tmp_path):
     with pytest.raises(DatasetError, match="missing required field") as info:
         load_preferences(write(tmp_path, [explicit, explicit, {"prompt": "Q?", "chosen": "Yes."}], "b.jsonl"))
     assert (info.value.record, info.value.field) == (3, "rejected")
+
+
+# -- as the model sees it: the pair preview and the inspection (inspect-data, the Data page) -------
+
+
+@pytest.fixture(scope="module")
+def tokenizer(default_model_dir):
+    from lora_studio.core.models import load_tokenizer
+
+    return load_tokenizer(default_model_dir)
+
+
+def section(path: Path, **values) -> Any:
+    from lora_studio.core.config import DataSection
+
+    return DataSection(path=str(path), **values)
+
+
+def test_a_pair_preview_trains_each_answer_only_after_the_same_prompt(tmp_path, tokenizer):
+    from lora_studio.core.data.preference_preview import PairPreview, preview_preferences
+
+    row = {
+        "prompt": [
+            {"role": "system", "content": "Be brief."},
+            USER,
+            GOOD,
+            {"role": "user", "content": "And 3 + 3?"},
+        ],
+        "chosen": "6.",
+        "rejected": "Seven, I believe.",
+    }
+    items, _ = load_preferences(write(tmp_path, [row]))
+    (pair,) = preview_preferences(items, section(tmp_path), tokenizer, "dpo")
+    assert isinstance(pair, PairPreview)
+    chosen, rejected = pair.chosen.segments, pair.rejected.segments
+    # the earlier assistant turn ("4.") is context: only the answer and its end-of-turn token are trained
+    assert [t for t, trained in chosen if trained] == ["6.<|im_end|>"]
+    assert [t for t, trained in rejected if trained] == ["Seven, I believe.<|im_end|>"]
+    assert chosen[0][0] == rejected[0][0] and chosen[0][0].endswith("<|im_start|>assistant\n")
+    assert "4.<|im_end|>" in chosen[0][0] and not chosen[0][1]
+    assert pair.prompt_tokens == len(tokenizer(chosen[0][0], add_special_tokens=False)["input_ids"])
+    assert not pair.truncated and pair.location.endswith("line 1, record 1")
+    data = pair.to_dict()
+    assert data["kind"] == "pair" and data["chosen"]["segments"][-2] == {
+        "text": "6.<|im_end|>",
+        "trained": True,
+    }
+
+
+def test_kto_answers_and_kto_on_pairs_preview_as_labelled_answers(tmp_path, tokenizer):
+    from lora_studio.core.data.preference_preview import preview_preferences
+
+    rows = [
+        {"prompt": "Say hi.", "completion": "Hello!", "label": True},
+        {"prompt": "Say hi.", "completion": "No.", "label": False},
+    ]
+    items, _ = load_preferences(write(tmp_path, rows))
+    good, bad = preview_preferences(items, section(tmp_path), tokenizer, "kto")
+    assert (good.label, bad.label) == ("good", "bad")
+    assert [t for t, trained in bad.answer.segments if trained] == ["No.<|im_end|>"]
+    pairs, _ = load_preferences(
+        write(tmp_path, [{"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}], "p.jsonl")
+    )
+    as_kto = preview_preferences(
+        pairs, section(tmp_path), tokenizer, "kto"
+    )  # KTO reads a pair as two answers
+    assert [(a.label, a.to_dict()["kind"]) for a in as_kto] == [("good", "answer"), ("bad", "answer")]
+
+
+def test_inspection_counts_pairs_truncation_and_every_problem(tmp_path, tokenizer):
+    from lora_studio.core.data.preference_preview import inspect_preferences
+
+    rows = [{"prompt": f"Question {i}?", "chosen": "Yes.", "rejected": "No."} for i in range(8)]
+    rows[2] = {**rows[2], "rejected": "No, " * 30 + "no."}  # the rejected side runs past max_seq_len
+    rows[5] = {**rows[5], "rejected": "Yes."}  # no preference: a located error
+    rows.append({"prompt": "Why? " * 40, "chosen": "Yes.", "rejected": "No."})  # the prompt fills max_seq_len
+    path = write(tmp_path, rows)
+    found = inspect_preferences(section(path, max_seq_len=48, eval_fraction=0.25), tokenizer)
+    assert (found.kind, found.method, found.methods) == ("pairs", "dpo", ["dpo", "orpo", "simpo", "kto"])
+    counts = found.counts()
+    assert (counts["records"], counts["pairs"], counts["skipped"]) == (9, 8, 2)
+    assert counts["train"] + counts["eval"] == 7 and counts["eval"] == 2
+    assert (counts["truncated"], found.stats.truncated) == (1, 1)
+    assert [e.record for e in found.errors] == [6, 9]
+    assert "same answer" in str(found.errors[0]) and "max_seq_len = 48" in str(found.errors[1])
+    assert found.error is found.errors[0]  # training stops at the first one unless skip_invalid
+    assert max(found.longest_side["edges"]) > 48 and sum(found.longest_side["counts"]) == 7
+    skipping = inspect_preferences(
+        section(path, max_seq_len=48, skip_invalid=True), tokenizer, preview_count=2
+    )
+    assert skipping.error is None and len(skipping.previews) == 2
+    assert skipping.to_dict()["counts"]["train"] == 7
+
+
+def test_inspection_for_a_method_the_data_does_not_fit(tmp_path, tokenizer):
+    from lora_studio.core.data.preference_preview import inspect_preferences
+
+    rows = [{"prompt": "Q?", "completion": "A.", "label": i % 2 == 0} for i in range(4)]
+    path = write(tmp_path, rows)
+    found = inspect_preferences(section(path), tokenizer, "dpo")
+    assert found.kind == "labels" and found.methods == ["kto"] and found.stats is None
+    assert "DPO learns from pairs" in str(found.error) and found.previews  # still shown, labelled
+    kto = inspect_preferences(section(path), tokenizer)  # no method: labels are inspected for KTO
+    assert (
+        kto.method == "kto" and kto.error is None and (kto.stats.desirable, kto.stats.undesirable) == (2, 2)
+    )
+
+
+def test_which_data_is_shown_as_preference_data(tmp_path):
+    from lora_studio.core.data.preference_preview import is_preference_data
+
+    pairs = write(tmp_path, [{"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}], "pairs.jsonl")
+    kto = write(tmp_path, [{"messages": [USER, GOOD], "label": True}], "kto.jsonl")
+    sft = write(tmp_path, [{"messages": [USER, GOOD]}], "sft.jsonl")
+    assert is_preference_data(section(pairs), "sft") and is_preference_data(section(kto), "sft")
+    assert not is_preference_data(section(sft), "sft") and is_preference_data(section(sft), "dpo")
+    # a record format chosen by the user reads KTO's messages as supervised data
+    assert not is_preference_data(section(kto, format="messages"), "sft")

@@ -2,6 +2,12 @@
 
 Prints one table: each model's eval loss, perplexity and task metric, and each model's difference
 from the first column with a bootstrap confidence interval over the examples. Ctrl-C cancels.
+
+A preference run (DPO, ORPO, SimPO, KTO) is measured on its held-out pairs (or KTO answers) from
+log-probabilities, with no generation: how often each model prefers the chosen answer and by what
+mean margin, with the paired interval of tuned − base, and the fine-tune's implicit reward against
+its base (reward accuracy and margin, each with its own interval). The definitions are printed
+under the table (and in ``lora_studio/core/evaluate/scoring.py``).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import argparse
 import json
 import signal
 import sys
+import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -184,9 +191,11 @@ class _Progress:
 def print_report(report: dict[str, Any]) -> None:
     """The human table: a header, one row per metric, notes, confusion matrices, where it was saved."""
     data = report["eval_set"]
-    print(f"Eval set  {data['name']}  ({data['examples']} examples)  source: {data['source']}")
+    unit = {"pairs": "pairs", "labels": "labelled answers"}.get(data.get("kind", "sft"), "examples")
+    print(f"Eval set  {data['name']}  ({data['examples']} {unit})  source: {data['source']}")
     print(f"Metric    {report['metric'] or 'loss only'}  — {report['metric_reason']}")
     from lora_studio.core.evaluate import display_labels
+    from lora_studio.core.evaluate.scoring import DEFINITIONS
 
     short = display_labels([entry["model"]["label"] for entry in report["models"]])
     labels = list(short.values())
@@ -197,7 +206,12 @@ def print_report(report: dict[str, Any]) -> None:
     header += [f"Δ {label} − {baseline}  [{conf}% CI]" for label in others] if len(labels) > 1 else []
     table = [header]
     for row in report["comparison"]:
-        cells = [row["title"], *[_fmt(v, row["digits"]) for v in row["values"]]]
+        values = [_fmt(v, row["digits"]) for v in row["values"]]
+        for k, own in enumerate(row.get("intervals") or []):
+            if own:  # a fine-tune against its own base: its value's interval, read against the null line
+                mark = " †" if own.get("excludes_null") else ""
+                values[k] += f"  [{own['low']:.{row['digits']}f}, {own['high']:.{row['digits']}f}]{mark}"
+        cells = [row["title"], *values]
         diffs = {short.get(d["model"], d["model"]): d for d in row["differences"]}
         for label in others if len(labels) > 1 else []:
             d = diffs.get(label)
@@ -207,6 +221,13 @@ def print_report(report: dict[str, Any]) -> None:
     _print_table(table)
     if any(d.get("excludes_zero") for row in report["comparison"] for d in row["differences"]):
         print("* the interval excludes 0: unlikely to be noise")
+    if any(
+        own and own.get("excludes_null") for row in report["comparison"] for own in row.get("intervals") or []
+    ):
+        print(f"† the {conf}% interval excludes the chance line (0.5 for shares, 0 for margins)")
+    definitions = DEFINITIONS.get(report["metric"])
+    if definitions:
+        print(textwrap.fill(definitions, width=100))
     for note in report["notes"]:
         print(f"note: {note}")
     for entry in report["models"]:
@@ -229,8 +250,11 @@ def _print_confusion(label: str, confusion: dict[str, Any]) -> None:
 
 
 def _print_worst(report: Any, n: int) -> None:
+    from lora_studio.core.evaluate.inputs import answer_text
+
     result = report.results[-1]
-    key = next((k for k in ("correct", "exact", "rouge_l") if any(k in r for r in result.rows)), "loss")
+    keys = ("correct", "exact", "rouge_l", "margin", "reward_correct")
+    key = next((k for k in keys if any(k in r for r in result.rows)), "loss")
     reverse = key == "loss"
     order = sorted(
         range(len(result.rows)),
@@ -241,9 +265,17 @@ def _print_worst(report: Any, n: int) -> None:
     for i in order[:n]:
         item, row = report.eval_set.items[i], result.rows[i]
         prompt = item.prompt[-1]["content"] if item.prompt else "(text)"
-        print(
-            f"  {item.location}\n    prompt:    {_clip(prompt)}\n    reference: {_clip(item.reference or '')}"
+        name = (
+            "reference:"
+            if item.pair is None
+            else ("chosen:   " if hasattr(item.pair, "rejected") else "answer:   ")
         )
+        print(f"  {item.location}\n    prompt:    {_clip(prompt)}\n    {name} {_clip(item.reference or '')}")
+        if item.pair is not None:  # preference data: nothing was generated
+            other = getattr(item.pair, "rejected", None)
+            label = "rejected:  " + _clip(answer_text(other)) if other else f"label:     {row.get('label')}"
+            print(f"    {label}   ({key} {_fmt(row.get(key), 3)})")
+            continue
         print(f"    answer:    {_clip(row.get('answer') or '')}   ({key} {_fmt(row.get(key), 3)})")
 
 

@@ -3,6 +3,34 @@
 Reads the whole file and lists every invalid record with its location (not only the first), then
 loads only the model's tokenizer to show token statistics and the first example with its trained
 spans marked. The exit status is 0 only when training could use the file as given.
+
+Preference files (chosen/rejected pairs, or answers labelled good or bad for KTO) are recognised by
+their fields and shown as training with a preference method prepares them: each pair's chosen and
+rejected side rendered with the chat template, trained tokens marked, and how many pairs (or good
+and bad answers) there are, how many were cut to ``--max-seq-len`` and which records are left out.
+``--method`` inspects for one method (``sft`` reads a KTO ``messages`` file as supervised data).
+``--json`` on preference data prints one object with these keys (stable)::
+
+    usable      bool: training with the method could use the file as given (exit status 0)
+    kind        "pairs" | "labels"
+    format      the preference shape: explicit | implicit | sharegpt | alpaca | kto
+    method      the method it was prepared for: the one given, else "dpo" (pairs) / "kto" (labels)
+    method_requested  the --method given, or null (auto)
+    methods     the methods that can train on it: pairs → dpo, orpo, simpo, kto; labels → kto
+    counts      records, pairs, desirable, undesirable (usable in the file); train, eval (pairs or
+                answers for training / held out; null when the method cannot use the data); train_desirable,
+                train_undesirable (KTO); truncated (pairs or answers with a side cut to
+                max_seq_len), truncated_tokens; skipped (records with a problem)
+    stats       training's dataset statistics (as ``stats`` for supervised data), or null
+    longest_side  histogram (edges, counts) of each pair's longer side in tokens, before cutting
+    preview     the first --examples pairs: {kind: "pair", location, prompt_tokens, truncated,
+                chosen, rejected} (each side: segments [{text, trained}], tokens, trainable_tokens,
+                original_tokens, truncated) or KTO answers {kind: "answer", label: good|bad,
+                desirable, answer, ...}
+    preference  the reader's report: format, files, records, pairs, desirable, undesirable,
+                evidence, warnings, skipped
+    errors      every problem: {message, reason, file, line, column, record, field}
+    error       what stops training with the method (null when usable)
 """
 
 from __future__ import annotations
@@ -10,12 +38,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from typing import Any
 
 from lora_studio.cli import use_color
 from lora_studio.core.config import RunConfig
-from lora_studio.core.data import LabelledAnswer
 from lora_studio.core.errors import ConfigError, DatasetError
 
 _SHOW_ERRORS = 10
@@ -26,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "inspect-data",
         help="check a dataset: format, errors with locations, token statistics, what gets trained",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "path", help="a .json/.jsonl/.csv/.tsv/.parquet/.txt file, a folder of them, or 'demo'"
@@ -60,9 +88,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--examples", type=int, default=1, help="how many rendered examples to show (default 1)"
     )
     parser.add_argument(
+        "--method",
+        choices=["auto", "sft", "dpo", "kto", "orpo", "simpo"],
+        default="auto",
+        help="inspect for this training method (default: supervised data as supervised, preference "
+        "pairs for DPO/ORPO/SimPO, KTO labels for KTO); 'sft' reads a KTO messages file as "
+        "supervised data",
+    )
+    parser.add_argument(
         "--preference",
         action="store_true",
-        help="read the file as preference data: chosen/rejected pairs (detected by themselves) or KTO labels",
+        help="read the file as preference data (chosen/rejected pairs or KTO labels) even with --format",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
@@ -76,13 +112,23 @@ def run(args: argparse.Namespace) -> int:
         scan_conversations,
         sniff_preference_format,
     )
+    from lora_studio.core.data.preference_preview import is_preference_data, methods_text
     from lora_studio.core.models import load_tokenizer, resolve_model
 
     data = _data_section(args)
-    # Pairs (chosen/rejected) cannot be read as supervised data at all; KTO's labelled rows can (with a
-    # warning about the undesirable ones), so they are inspected as preference data only when asked.
-    if args.preference or (args.format == "auto" and sniff_preference_format(data.path) not in (None, "kto")):
-        return _inspect_preferences(args)
+    if args.method == "sft":
+        # KTO's labelled messages can be read as supervised data (with a warning about the bad
+        # answers); pairs cannot: say so instead of listing every record as unreadable
+        if sniff_preference_format(data.path) not in (None, "kto"):
+            print(
+                f"error: {args.path} holds preference pairs (chosen and rejected answers): supervised "
+                f"fine-tuning cannot train on them; train with {methods_text('pairs')} instead "
+                "(lora-studio train --method dpo, or Method on the Train page)",
+                file=sys.stderr,
+            )
+            return 1
+    elif args.method != "auto" or args.preference or is_preference_data(data, "sft"):
+        return _inspect_preferences(args, data)
     collecting = data.model_copy(update={"skip_invalid": True})
     conversations, report = scan_conversations(collecting)
     if not conversations:
@@ -176,13 +222,7 @@ def _print_report(stats: Any, examples: list[Any], errors: list[DatasetError], *
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    edges, counts = stats.histogram["edges"], stats.histogram["counts"]
-    top = max(counts, default=0)
-    for i, count in enumerate(counts):
-        bar = "#" * round(30 * count / top) if top else ""
-        last = min(edges[i + 1] - 1, lengths["max"])
-        span = f"{edges[i]}-{last}" if last > edges[i] else str(edges[i])
-        print(f"{'Lengths' if i == 0 else '':<{width}}  {span:>11} tokens  {bar} {count}")
+    _print_histogram(stats.histogram, width, "Lengths", lengths["max"])
     for number, example in enumerate(examples, start=1):
         cut = ", truncated" if example.truncated else ""
         print(
@@ -191,6 +231,17 @@ def _print_report(stats: Any, examples: list[Any], errors: list[DatasetError], *
         )
         print(_marked(example.segments, color=color))
     _print_errors(errors, len(errors))
+
+
+def _print_histogram(histogram: dict[str, list[int]], width: int, label: str, longest: int | None) -> None:
+    """One bar per bin; ``longest`` caps the last bin's range (the bins are of equal width)."""
+    edges, counts = histogram.get("edges", []), histogram.get("counts", [])
+    top = max(counts, default=0)
+    for i, count in enumerate(counts):
+        bar = "#" * round(30 * count / top) if top else ""
+        last = edges[i + 1] - 1 if longest is None else min(edges[i + 1] - 1, longest)
+        span = f"{edges[i]}-{last}" if last > edges[i] else str(edges[i])
+        print(f"{label if i == 0 else '':<{width}}  {span:>11} tokens  {bar} {count}")
 
 
 def _marked(segments: list[tuple[str, bool]], *, color: bool) -> str:
@@ -218,59 +269,114 @@ def _print_errors(errors: list[DatasetError], total: int) -> None:
         print(f"  {error}")
 
 
-def _inspect_preferences(args: argparse.Namespace) -> int:
-    """A preference file (chosen/rejected pairs or KTO labels): its shape, counts and every bad record.
+def _inspect_preferences(args: argparse.Namespace, data: Any) -> int:
+    """A preference file, prepared as training with ``--method`` (or the method its kind implies) would."""
+    from lora_studio.core.data import error_dict
+    from lora_studio.core.data.preference_preview import inspect_preferences
+    from lora_studio.core.models import load_tokenizer, resolve_model
 
-    Supervised fine-tuning cannot train on it, so the exit status is 1 even for a clean file; the
-    report is still what a person needs to fix the file before preference tuning.
-    """
-    from lora_studio.core.data import error_dict, scan_preferences
-
-    examples, report = scan_preferences(args.path)
-    shown = examples[: max(0, args.examples)]
+    tokenizer = load_tokenizer(resolve_model(args.model).path)
+    method = None if args.method == "auto" else args.method
+    found = inspect_preferences(data, tokenizer, method, preview_count=max(0, args.examples))
+    usable = found.error is None
     if args.json:
         payload = {
-            "usable": False,
-            "preference": report.to_dict(),
-            "preview": [asdict(example) for example in shown],
-            "errors": [error_dict(e) for e in report.skipped],
+            "usable": usable,
+            **found.to_dict(),
+            "preference": found.report.to_dict(),
+            "errors": [error_dict(e) for e in found.errors],
+            "error": error_dict(found.error) if found.error else None,
         }
         print(json.dumps(payload, indent=2, ensure_ascii=False))
     else:
-        usable = report.records - len(report.skipped)
-        counts = (
-            f"{report.pairs} pairs (chosen and rejected answers)"
-            if report.kind == "pairs"
-            else f"{report.desirable} desirable and {report.undesirable} undesirable answers (KTO labels)"
-        )
-        rows = [
-            ("Dataset", ", ".join(report.files)),
-            ("Format", f"preference data, {report.format} (detected)"),
-            *[("Evidence", line) for line in report.evidence],
-            ("Records", f"{report.records} read, {usable} usable, {len(report.skipped)} with problems"),
-            ("Examples", counts),
-            *[("Warning", line) for line in report.warnings],
-        ]
-        width = max(len(k) for k, _ in rows)
-        for key, value in rows:
-            print(f"{key:<{width}}  {value}")
-        for number, example in enumerate(shown, start=1):
-            print(f"\nExample {number} ({example.file}, record {example.record}):")
-            for turn in example.prompt:
-                print(f"  {turn['role']:<9}  {_short(turn['content'])}")
-            if isinstance(example, LabelledAnswer):
-                sides = [("desirable" if example.desirable else "undesirable", example.completion)]
-            else:
-                sides = [("chosen", example.chosen), ("rejected", example.rejected)]
-            for name, answer in sides:
-                print(f"  {name:<9}  {_short(' / '.join(t['content'] for t in answer))}")
-        _print_errors(report.skipped, len(report.skipped))
-    print(
-        f"error: {args.path} holds preference data ({report.format}); supervised fine-tuning needs one "
-        "answer per prompt and cannot train on it",
-        file=sys.stderr,
+        _print_preference_report(found, color=use_color(sys.stdout))
+    if not usable:
+        error = found.error
+        if found.stats is not None and found.errors:  # only record problems: skipping would do
+            print(
+                f"error: {len(found.errors)} of {found.report.records} records have problems; fix them, or "
+                "train with skip_invalid = true (--skip-invalid) to leave them out",
+                file=sys.stderr,
+            )
+        else:
+            print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_preference_report(found: Any, *, color: bool) -> None:
+    from lora_studio.core.data.preference_preview import METHOD_NAMES, methods_text
+
+    report, stats, counts = found.report, found.stats, found.counts()
+    problems = len(found.errors)
+    unit = "pairs" if found.method != "kto" else "answers"
+    if found.kind == "pairs":
+        what = f"{report.pairs} pairs of a chosen and a rejected answer read"
+    else:
+        what = f"{report.desirable} good and {report.undesirable} bad answers read (KTO labels)"
+    method = METHOD_NAMES[found.method]
+    choose = (
+        f"{methods_text(found.kind)} — choose one with `lora-studio train --method "
+        f"{'dpo' if found.kind == 'pairs' else 'kto'}` (or Method on the Train page)"
     )
-    return 1
+    rows = [
+        ("Dataset", ", ".join(report.files)),
+        ("Format", f"preference data, {report.format} (detected)"),
+        *[("Evidence", line) for line in report.evidence],
+        ("Records", f"{report.records} read, {report.records - problems} usable, {problems} with problems"),
+        ("Examples", what),
+        ("Methods", choose),
+    ]
+    if stats is not None:
+        lengths = stats.lengths
+        share = stats.trainable_tokens / stats.total_tokens if stats.total_tokens else 0.0
+        split = f"{stats.examples} {unit} for training, {stats.eval_examples} held out"
+        if found.method == "kto":
+            split += f" ({counts['train_desirable']} good and {counts['train_undesirable']} bad in training)"
+        side = "both sides" if unit == "pairs" else "with its prompt"
+        cut = "have a side cut" if unit == "pairs" else "cut"
+        rows += [
+            (f"As {method}" if found.requested else "Training", split),
+            (
+                "Cut",
+                f"{stats.truncated} {unit} {cut} to max_seq_len {stats.max_seq_len} "
+                f"({stats.truncated_tokens:,} tokens cut; the start is kept)",
+            ),
+            (
+                "Tokens",
+                f"per {unit[:-1]}, {side}: min {lengths['min']}, median {lengths['median']:g}, "
+                f"max {lengths['max']}; {stats.total_tokens:,} in all, {stats.trainable_tokens:,} trained "
+                f"({share:.0%}: the answers only)",
+            ),
+            ("Template", stats.template),
+            *[("Warning", line) for line in stats.warnings],
+        ]
+    else:
+        rows += [*[("Warning", line) for line in report.warnings]]
+    width = max(len("Longest side"), *(len(k) for k, _ in rows))
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    _print_histogram(found.longest_side, width, "Longest side", None)
+    for number, preview in enumerate(found.previews, start=1):
+        cut = ", truncated" if preview.truncated else ""
+        legend = "green" if color else "[[brackets]]"
+        if hasattr(preview, "chosen"):
+            print(
+                f"\nPair {number} ({preview.location}): prompt {preview.prompt_tokens} tokens{cut} — "
+                f"{legend} = learnt"
+            )
+            sides = [("Chosen", preview.chosen), ("Rejected", preview.rejected)]
+        else:
+            print(
+                f"\nAnswer {number} ({preview.location}), labelled {preview.label}: prompt "
+                f"{preview.prompt_tokens} tokens{cut} — {legend} = learnt"
+            )
+            sides = [(f"Answer ({preview.label})", preview.answer)]
+        for name, example in sides:
+            note = f", cut from {example.original_tokens}" if example.truncated else ""
+            print(f"-- {name}: {example.tokens} tokens{note}, {example.trainable_tokens} trained")
+            print(_marked(example.segments, color=color))
+    _print_errors(found.errors, len(found.errors))
 
 
 def _short(text: str, limit: int = 200) -> str:

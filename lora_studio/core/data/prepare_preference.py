@@ -200,6 +200,12 @@ def _check_kind(report: PreferenceReport, method: str, path: str) -> None:
         )
 
 
+def split_items(items: list[Item], data: DataSection, seed: int) -> tuple[list[Item], list[Item]]:
+    """(training, held-out) exactly as :func:`prepare_preferences` splits them: evaluating a run on
+    its held-out pairs reads the same pairs its training left out."""
+    return _split(items, data, seed)
+
+
 def _split(items: list[Item], data: DataSection, seed: int) -> tuple[list[Item], list[Item]]:
     """The same seeded hold-out as supervised data; both parts keep file order."""
     if data.eval_fraction <= 0:

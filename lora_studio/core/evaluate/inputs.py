@@ -2,8 +2,11 @@
 
 A model is named the way a user thinks of it — a run (its final adapter or one checkpoint), any
 adapter folder, or a base model — and carries the settings it was trained with (quantization,
-dtype), so it is evaluated as it was trained. The examples are a dataset file in any format the
-loader accepts, or the run's own held-out split, rendered with the run's data settings.
+dtype, and for a preference run its method and beta), so it is evaluated as it was trained. The
+examples are a dataset file in any format the loader accepts, or the run's own held-out split,
+rendered with the run's data settings. Preference data (chosen/rejected pairs, or KTO's answers
+labelled good or bad) makes a preference eval set (``kind`` "pairs" or "labels"): a preference
+run's own held-out split is the one its training left out, and a pair file is always read as pairs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,13 @@ from typing import Any
 from lora_studio.core.config import DataSection
 from lora_studio.core.errors import LoraStudioError
 from lora_studio.core.runs import RunFolder
+
+#: What to do when a run held nothing out (words for the app and the command line).
+_NONE_HELD_OUT = (
+    "choose a {what} file to evaluate on (in the app: Examples → a file; on the command line: --data FILE), "
+    "or train with some data held out (Data page: Held out for evaluation, e.g. 0.1); scoring it on its "
+    "own training data would flatter it"
+)
 
 
 class EvaluationError(LoraStudioError):
@@ -37,6 +47,9 @@ class ModelSpec:
     compute_dtype: str = "auto"
     double_quant: bool = False
     trust_remote_code: bool = False
+    method: str = "sft"  # the run's training.method ("sft" for a base model or a foreign adapter)
+    beta: float | None = None  # a preference run's preference.beta: the scale of its implicit reward
+    init_adapter: str | None = None  # a preference run that started from another adapter (SFT → DPO)
 
     @classmethod
     def from_run(
@@ -66,6 +79,9 @@ class ModelSpec:
             compute_dtype=model.compute_dtype,
             double_quant=model.double_quant,
             trust_remote_code=model.trust_remote_code,
+            method=config.training.method,
+            beta=config.preference.beta if config.training.method != "sft" else None,
+            init_adapter=config.preference.init_adapter if config.training.method != "sft" else None,
         )
 
     @classmethod
@@ -101,13 +117,17 @@ class ModelSpec:
 
 @dataclass
 class EvalItem:
-    """One eval example: the prompt (every turn before the last answer) and that answer."""
+    """One eval example: the prompt (every turn before the last answer) and that answer.
+
+    In a preference eval set ``pair`` is the pair (``reference`` its chosen answer) or the KTO
+    labelled answer (``reference`` the answer), and ``conversation`` is None."""
 
     index: int
     conversation: Any  # data_formats.Conversation
     prompt: list[dict[str, str]] | None
     reference: str | None
     location: str
+    pair: Any = None  # data.PreferencePair | data.LabelledAnswer
 
 
 @dataclass
@@ -119,12 +139,19 @@ class EvalSet:
     data: DataSection
     items: list[EvalItem]
     notes: list[str] = field(default_factory=list)
+    kind: str = "sft"  # "sft" | "pairs" (chosen/rejected) | "labels" (KTO: answers labelled good or bad)
 
     def references(self) -> list[str]:
         return [item.reference for item in self.items if item.reference is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "examples": len(self.items), "notes": self.notes}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "examples": len(self.items),
+            "notes": self.notes,
+            "kind": self.kind,
+        }
 
 
 def load_eval_set(
@@ -138,10 +165,20 @@ def load_eval_set(
 
     Raises the loader's located :class:`DatasetError` for unusable data. With ``run``, the run's
     data settings (system prompt, sequence length, loss tokens) render the examples as in training.
+    A file of chosen/rejected pairs, a preference run's own data, and KTO labels evaluated with a
+    preference run give a preference eval set (see :func:`_preference_set`).
     """
-    from lora_studio.core.data import load_conversations, split_conversations
+    from lora_studio.core.data import load_conversations, sniff_preference_format, split_conversations
 
-    settings = data or (run.config_with_notes()[0].data if run is not None else DataSection())
+    run_config = run.config_with_notes()[0] if run is not None else None
+    settings = data or (run_config.data if run_config is not None else DataSection())
+    method = run_config.training.method if run_config is not None else "sft"
+    if path is not None:
+        shape = sniff_preference_format(path)
+        if shape is not None and (shape != "kto" or method != "sft"):
+            return _preference_set(path, settings, None, method, cancel)
+    elif run is not None and method != "sft":
+        return _preference_set(None, settings, run, method, cancel)
     if path is not None:
         section = settings.model_copy(
             update={"path": path, "format": "auto", "columns": {}, "eval_path": None, "eval_fraction": 0.0}
@@ -158,16 +195,11 @@ def load_eval_set(
         elif section.eval_fraction > 0:
             everything, _ = load_conversations(section, cancel=cancel)
             conversations = split_conversations(everything, section, config.training.seed)[1]
-            name, source = (
-                f"eval split of {run.run_id}",
-                f"{section.path} ({section.eval_fraction:g} held out)",
-            )
+            name, source = _split_names(run, section)
         else:
             raise EvaluationError(
                 f"{run.run_id} trained on all of its examples: none were held out to evaluate it on",
-                hint="choose a dataset file to evaluate on (in the app: Examples → a file; on the command line: "
-                "--data FILE), or train with some data held out (Data page: Held out for evaluation, e.g. "
-                "0.1); scoring it on its own training data would flatter it",
+                hint=_NONE_HELD_OUT.format(what="dataset"),
             )
     else:
         raise EvaluationError(
@@ -177,6 +209,73 @@ def load_eval_set(
         )
     items = [_item(i, conv) for i, conv in enumerate(conversations)]
     return EvalSet(name=name, source=source, data=settings, items=items)
+
+
+def _split_names(run: RunFolder, section: DataSection) -> tuple[str, str]:
+    """(name, source) of a run's held-out split, as the eval set reports them."""
+    return f"eval split of {run.run_id}", f"{section.path} ({section.eval_fraction:g} held out)"
+
+
+def _preference_set(
+    path: str | None,
+    settings: DataSection,
+    run: RunFolder | None,
+    method: str,
+    cancel: threading.Event | None,
+) -> EvalSet:
+    """Pairs or KTO labels from ``path``, or the held-out part of a preference run's own data (the
+    same records its training left out: the same reader, the same seeded split)."""
+    from lora_studio.core.data import load_preferences
+    from lora_studio.core.data.prepare_preference import split_items
+
+    if path is not None:
+        items, report = load_preferences(path, skip_invalid=settings.skip_invalid, cancel=cancel)
+        name, source = Path(path).name, str(path)
+    else:
+        assert run is not None
+        config, _ = run.config_with_notes()
+        section = config.data
+        if section.eval_path:
+            items, report = load_preferences(
+                section.eval_path, skip_invalid=section.skip_invalid, cancel=cancel
+            )
+            name, source = Path(section.eval_path).name, section.eval_path
+        elif section.eval_fraction > 0:
+            everything, report = load_preferences(
+                section.path, skip_invalid=section.skip_invalid, cancel=cancel
+            )
+            items = split_items(everything, section, config.training.seed)[1]
+            name, source = _split_names(run, section)
+        else:
+            raise EvaluationError(
+                f"{run.run_id} trained on all of its {'pairs' if method != 'kto' else 'answers'}: none were "
+                "held out to evaluate it on",
+                hint=_NONE_HELD_OUT.format(what="preference"),
+            )
+    notes = [f"{len(report.skipped)} records with problems were left out"] if report.skipped else []
+    items_out = [_preference_item(i, item) for i, item in enumerate(items)]
+    return EvalSet(name=name, source=source, data=settings, items=items_out, notes=notes, kind=report.kind)
+
+
+def _preference_item(index: int, item: Any) -> EvalItem:
+    from lora_studio.core.data import LabelledAnswer
+
+    text = answer_text(item.completion if isinstance(item, LabelledAnswer) else item.chosen)
+    where = ", ".join(
+        part
+        for part in (
+            item.file,
+            f"line {item.line}" if item.line is not None else None,
+            f"record {item.record}" if item.record is not None else None,
+        )
+        if part
+    )
+    return EvalItem(index, None, item.prompt, text, where, pair=item)
+
+
+def answer_text(turns: list[dict[str, str]]) -> str:
+    """A preference answer's text (its assistant turns), for tables."""
+    return "\n".join(t["content"] for t in turns if t["role"] == "assistant")
 
 
 def _item(index: int, conv: Any) -> EvalItem:

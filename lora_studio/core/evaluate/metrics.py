@@ -24,6 +24,9 @@ from typing import Any
 #: Metric families: ``loss`` is always computed; one task family is chosen per evaluation.
 TASK_METRICS = ("accuracy", "exact", "rouge")
 METRIC_CHOICES = ("auto", *TASK_METRICS)
+#: What preference eval sets measure instead (chosen by the data, never generated): "preference"
+#: on chosen/rejected pairs, "kto" on answers labelled good or bad (see ``scoring``).
+PREFERENCE_TASKS = ("preference", "kto")
 
 #: Words a model commonly answers instead of the label itself. Only used for labels in the set.
 DEFAULT_SYNONYMS: dict[str, str] = {

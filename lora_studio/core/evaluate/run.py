@@ -9,7 +9,10 @@ The API a GUI worker, the CLI and the benchmark share::
 
 Always measured: eval loss and perplexity on the trained tokens (the tokens training would learn).
 The task metric is chosen from the reference answers (:func:`lora_studio.core.evaluate.metrics.choose_metric`)
-or forced; one that does not apply becomes a note, never a number. Each model is loaded once as
+or forced; one that does not apply becomes a note, never a number. A preference eval set (pairs,
+or KTO's labelled answers) is measured from each model's log-probabilities of the answers instead,
+with no generation: how often the chosen answer is preferred, by what margin, and each fine-tune's
+implicit reward against its base (definitions in :mod:`lora_studio.core.evaluate.scoring`). Each model is loaded once as
 it was trained (same quantization), and a base model compared with its fine-tune is the same
 weights with the adapter switched off. Progress events are plain values; ``cancel`` is checked
 between batches and raises :class:`CancelledError`. Results go into every run folder evaluated.
@@ -39,6 +42,7 @@ from lora_studio.core.evaluate.inputs import (
     EvalSet,
     EvaluationError,
     ModelSpec,
+    answer_text,
 )
 from lora_studio.core.runs import read_jsonl
 
@@ -146,20 +150,24 @@ class EvalReport:
         return data
 
     def example_rows(self) -> list[dict[str, Any]]:
-        """One row per example with every model's answer and scores (the sortable table)."""
+        """One row per example with every model's answer and scores (the sortable table); a pair
+        also has its ``rejected`` answer, a KTO answer its ``label`` (good or bad)."""
         out = []
         for item in self.eval_set.items:
             prompt = item.prompt[-1]["content"] if item.prompt else None
             scores = {r.spec.label: r.rows[item.index] for r in self.results}
-            out.append(
-                {
-                    "index": item.index,
-                    "location": item.location,
-                    "prompt": prompt,
-                    "reference": item.reference,
-                    "models": scores,
-                }
-            )
+            row = {
+                "index": item.index,
+                "location": item.location,
+                "prompt": prompt,
+                "reference": item.reference,
+                "models": scores,
+            }
+            if item.pair is not None and hasattr(item.pair, "rejected"):
+                row["rejected"] = answer_text(item.pair.rejected)
+            elif item.pair is not None:
+                row["label"] = "good" if item.pair.desirable else "bad"
+            out.append(row)
         return out
 
     def save(self, folder: Path) -> Path:
@@ -206,6 +214,9 @@ def evaluate(
     models = _unique_labels(models)
     eval_set = _sampled(eval_set, options)
     task, reason, notes = task_metric(eval_set, options)
+    if task in m.PREFERENCE_TASKS:
+        results = _evaluate_preferences(models, eval_set, task, options, cancel, notes, progress)
+        return _report(models, eval_set, task, reason, notes, results, options, progress, save, save_dir)
     parser = (
         m.LabelParser(
             options.labels or m.reference_profile(eval_set.references())["labels"], options.synonyms
@@ -215,33 +226,36 @@ def evaluate(
     )
     emit = _emitter(progress, len(models))
     results: list[ModelResult | None] = [None] * len(models)
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, spec in enumerate(models):
-        groups.setdefault(spec.load_key, []).append(i)
-    for indices in groups.values():
-        first = models[indices[0]]
-        emit(EvalProgress("loading model", 0, 1, first.label, indices[0]))
-        chat = runner.load_chat_model(
-            first.source,
-            adapter=first.adapter,
-            quantization=first.quantization,
-            compute_dtype=first.compute_dtype,
-            double_quant=first.double_quant,
-            trust_remote_code=first.trust_remote_code,
+
+    def work(indices: list[int], chat: Any) -> None:
+        examples = _encode(chat.tokenizer, eval_set, notes)
+        budget = options.max_new_tokens or _answer_budget(
+            task, runner.reference_tokens(chat, eval_set.references())
         )
-        try:
-            examples = _encode(chat.tokenizer, eval_set, notes)
-            budget = options.max_new_tokens or _answer_budget(
-                task, runner.reference_tokens(chat, eval_set.references())
+        for i in indices:
+            results[i] = _evaluate_one(
+                chat, models[i], i, eval_set, examples, task, parser, budget, options, cancel, emit
             )
-            for i in indices:
-                results[i] = _evaluate_one(
-                    chat, models[i], i, eval_set, examples, task, parser, budget, options, cancel, emit
-                )
-        finally:
-            del chat
-            gc.collect()
+
+    _for_each_load(models, emit, work)
     done = [r for r in results if r is not None]
+    return _report(models, eval_set, task, reason, notes, done, options, progress, save, save_dir)
+
+
+def _report(
+    models: Sequence[ModelSpec],
+    eval_set: EvalSet,
+    task: str | None,
+    reason: str,
+    notes: list[str],
+    done: list[ModelResult],
+    options: EvalOptions,
+    progress: ProgressListener | None,
+    save: bool,
+    save_dir: Path | None,
+) -> EvalReport:
+    """Compare the results with the baseline (bootstrap intervals) and save the report."""
+    emit = _emitter(progress, len(models))
     emit(EvalProgress("comparing", 0, 1, "", 0))
     comparison = scoring.comparison_rows(
         task,
@@ -320,6 +334,19 @@ def task_metric(eval_set: EvalSet, options: EvalOptions) -> tuple[str | None, st
     before any model is loaded (the GUI shows it as soon as the eval set is chosen)."""
     references = eval_set.references()
     notes = list(eval_set.notes)
+    if eval_set.kind != "sft":
+        task = "preference" if eval_set.kind == "pairs" else "kto"
+        what = (
+            "chosen/rejected pairs: how often each model gives the chosen answer the higher log-probability"
+            if task == "preference"
+            else "answers labelled good or bad (KTO): whether each fine-tune raised the good answers' "
+            "log-probability and lowered the bad ones'"
+        )
+        if options.metric != "auto":
+            notes.append(
+                f"{options.metric} does not apply to preference data: measured from log-probabilities"
+            )
+        return task, f"auto: {what}", notes
     if len(references) < len(eval_set.items):
         notes.append(
             f"{len(eval_set.items) - len(references)} examples have no answer to compare with: loss only"
@@ -335,6 +362,165 @@ def task_metric(eval_set: EvalSet, options: EvalOptions) -> tuple[str | None, st
     if problem:
         return None, f"{options.metric} (chosen, not applicable)", [*notes, problem]
     return options.metric, f"{options.metric} (chosen)", notes
+
+
+def _evaluate_preferences(
+    models: Sequence[ModelSpec],
+    eval_set: EvalSet,
+    task: str,
+    options: EvalOptions,
+    cancel: threading.Event,
+    notes: list[str],
+    progress: ProgressListener | None,
+) -> list[ModelResult]:
+    """Each model's log-probabilities of the answers, scored against the base's (adapter off).
+
+    Models that share their loaded weights are scored on one load; a fine-tune's reference is the
+    same weights with the adapter off, measured once per load (reused when the base is evaluated).
+    """
+    emit = _emitter(progress, len(models))
+    results: list[ModelResult | None] = [None] * len(models)
+    desirable = [getattr(item.pair, "desirable", None) for item in eval_set.items]
+
+    def work(indices: list[int], chat: Any) -> None:
+        encoded = _encode_preferences(chat.tokenizer, eval_set, notes)
+        measured: dict[int, tuple[list[Any], float]] = {}
+        reference: list[Any] | None = None
+        for i in indices:
+            spec = models[i]
+            if spec.adapter is not None and spec.use_adapter and not chat.has_adapter:
+                raise EvaluationError(f"{spec.label}: the adapter did not load")
+            started = time.monotonic()
+            logps = _answer_logps(
+                chat, encoded, spec.use_adapter, "loss", spec.label, i, options, cancel, emit
+            )
+            measured[i] = (logps, time.monotonic() - started)
+            if not (spec.use_adapter and chat.has_adapter):
+                reference = logps  # the base: the same weights, adapter off
+        tuned = [i for i in indices if models[i].use_adapter and chat.has_adapter]
+        if tuned and reference is None:
+            label = f"{models[tuned[0]].label} (reference: adapter off)"
+            reference = _answer_logps(
+                chat, encoded, False, "reference", label, tuned[0], options, cancel, emit
+            )
+        for i in indices:
+            spec = models[i]
+            emit(EvalProgress("scoring", 0, 1, spec.label, i))
+            logps, seconds = measured[i]
+            own = spec.use_adapter and chat.has_adapter
+            beta = spec.beta or DEFAULT_BETA
+            rows = scoring.preference_rows(task, logps, reference if own else None, beta, desirable)
+            results[i] = ModelResult(spec, scoring.summarize(task, rows), rows, seconds)
+
+    _for_each_load(models, emit, work)
+    _preference_notes(models, notes)
+    return [r for r in results if r is not None]
+
+
+def _for_each_load(
+    models: Sequence[ModelSpec], emit: Callable[[EvalProgress], None], work: Callable[[list[int], Any], None]
+) -> None:
+    """Load each distinct model once and run ``work(indices of the models it serves, chat model)``:
+    a base compared with its fine-tune is the same loaded weights with the adapter off. Each load is
+    released before the next one."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, spec in enumerate(models):
+        groups.setdefault(spec.load_key, []).append(i)
+    for indices in groups.values():
+        first = models[indices[0]]
+        emit(EvalProgress("loading model", 0, 1, first.label, indices[0]))
+        chat = runner.load_chat_model(
+            first.source,
+            adapter=first.adapter,
+            quantization=first.quantization,
+            compute_dtype=first.compute_dtype,
+            double_quant=first.double_quant,
+            trust_remote_code=first.trust_remote_code,
+        )
+        try:
+            work(indices, chat)
+        finally:
+            del chat
+            gc.collect()
+
+
+#: β of the implicit reward when a fine-tune does not say (an adapter from outside a run): TRL's default.
+DEFAULT_BETA = 0.1
+
+
+def _encode_preferences(tokenizer: Any, eval_set: EvalSet, notes: list[str]) -> list[Any]:
+    """Each pair or labelled answer as training renders it (its prompt, each answer's trained tokens,
+    cut to ``max_seq_len``); None for one whose prompt alone fills ``max_seq_len``."""
+    from lora_studio.core.data import Encoder
+    from lora_studio.core.data.prepare_preference import encode_items
+
+    data = eval_set.data.model_copy(update={"skip_invalid": True})
+    encoder = Encoder(tokenizer, train_on="assistant", max_seq_len=data.max_seq_len)
+    method = "kto" if eval_set.kind == "labels" else "dpo"
+    out: list[Any] = []
+    skipped: list[Any] = []
+    for item in eval_set.items:
+        found = encode_items(encoder, [item.pair], data, method, skipped)
+        out.append(found[0] if found else None)
+    if skipped:
+        notes.append(
+            f"{len(skipped)} {'pairs' if method == 'dpo' else 'answers'} have no answer token within "
+            f"max_seq_len = {data.max_seq_len} (first: {skipped[0]}): not scored"
+        )
+    return out
+
+
+def _answer_logps(
+    chat: Any,
+    encoded: list[Any],
+    use_adapter: bool,
+    stage: str,
+    label: str,
+    position: int,
+    options: EvalOptions,
+    cancel: threading.Event,
+    emit: Callable[[EvalProgress], None],
+) -> list[tuple[float, ...] | None]:
+    """Summed log-probability and token count of each answer: (chosen, n, rejected, n) per pair,
+    (answer, n) per labelled answer; None where nothing was encoded."""
+    sides: list[Any] = []
+    for e in encoded:
+        if e is None:
+            continue
+        sides += [e.chosen, e.rejected] if hasattr(e, "rejected") else [e.example]
+    losses = runner.token_losses(
+        chat,
+        sides,
+        use_adapter=use_adapter,
+        batch_size=options.batch_size,
+        cancel=cancel,
+        tick=lambda done, total: emit(EvalProgress(stage, done, total, label, position)),
+    )
+    out: list[tuple[float, ...] | None] = []
+    k = 0
+    for e in encoded:
+        if e is None:
+            out.append(None)
+            continue
+        count = 2 if hasattr(e, "rejected") else 1
+        out.append(tuple(v for nll, n in losses[k : k + count] for v in (-nll, n)))
+        k += count
+    return out
+
+
+def _preference_notes(models: Sequence[ModelSpec], notes: list[str]) -> None:
+    """What the implicit rewards were measured against, for each fine-tune whose β or reference
+    differs from the plain case."""
+    for spec in models:
+        if not (spec.adapter and spec.use_adapter):
+            continue
+        if spec.beta is None:
+            notes.append(f"{spec.label}: not a preference run, rewards use β = {DEFAULT_BETA}")
+        if spec.init_adapter:
+            notes.append(
+                f"{spec.label} started from the adapter {spec.init_adapter}: its training reference was "
+                "base + that adapter, the rewards here are against the base alone"
+            )
 
 
 def _answer_budget(task: str | None, longest_reference: int) -> int:
