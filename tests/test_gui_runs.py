@@ -73,8 +73,10 @@ def test_lists_new_runs_as_the_folder_changes_and_filters(qtbot, page):
     b = make_run(page.root_path, "beta", 2e-4, state="cancelled")
     qtbot.waitUntil(lambda: len(rows(page)) == 2, timeout=10_000)  # the watcher saw the new folders
     row = rows(page)[a.run_id]
-    assert row[0] == "alpha" and row[1] == "completed" and row[5] == "10 / 10" and row[6] == "0.3000"
-    assert row[7] == "2.5000" and row[9] == "1.00 GB"
+    cell = {name: row[i] for i, name in enumerate(COLUMNS)}
+    assert cell["Name"] == "alpha" and cell["Status"] == "completed" and cell["Method"] == "SFT"
+    assert cell["Steps"] == "10 / 10" and cell["Loss"] == "0.3000"
+    assert cell["Eval loss"] == "2.5000" and cell["Peak memory"] == "1.00 GB"
     page.filter.setText("beta")
     hidden = {page.table.item(r, 0).data(256): page.table.isRowHidden(r) for r in range(2)}
     assert hidden == {a.run_id: True, b.run_id: False}

@@ -127,6 +127,7 @@ class DataOverview:
     format: str = ""
     records: int = 0
     columns: list[str] = field(default_factory=list)
+    preference: Any = None  # core.data.preference_preview.PreferenceInspection for preference data
 
 
 def data_overview(
@@ -137,6 +138,7 @@ def data_overview(
     trust_remote_code: bool = False,
     cancel: threading.Event | None = None,
     preview_count: int = 8,
+    method: str = "sft",
 ) -> DataOverview:
     """Tokenize the dataset as training would (stats + preview), or list where it is broken."""
     from lora_studio.core.data import (
@@ -145,9 +147,28 @@ def data_overview(
         preview_conversations,
         scan_conversations,
     )
+    from lora_studio.core.data.preference_preview import inspect_preferences, is_preference_data
 
     overview = DataOverview(columns=_columns(data))
     tokenizer = tokenizer_for(model_source, trust_remote_code=trust_remote_code)
+    if is_preference_data(data, method):  # pairs or KTO labels: prepared as the preference run will
+        try:
+            found = inspect_preferences(
+                data, tokenizer, method, seed=seed, preview_count=preview_count, cancel=cancel
+            )
+        except DatasetError as exc:  # the file as a whole (missing, broken, not preference data)
+            overview.error, overview.problems, overview.problem_count = exc, [exc], 1
+            return overview
+        overview.preference, overview.error = found, found.error
+        overview.stats = found.stats  # also with record problems: what skipping them would leave
+        overview.problems, overview.problem_count = found.errors[:MAX_ERRORS], len(found.errors)
+        if found.error is not None and not any(_same(found.error, p) for p in overview.problems):
+            overview.problems.insert(0, found.error)
+            overview.problem_count += 1
+        overview.evidence = found.report.evidence
+        overview.warnings = found.stats.warnings if found.stats else found.report.warnings
+        overview.format, overview.records = f"preference ({found.report.format})", found.report.records
+        return overview
     try:
         prepared = prepare_dataset(data, tokenizer, seed=seed, cancel=cancel)
         overview.stats = prepared.stats

@@ -15,6 +15,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from lora_studio.core.config import RunConfig
+from lora_studio.core.data.files import DEMOS
 from lora_studio.core.errors import ConfigError
 from lora_studio.core.train import SharedModel
 
@@ -155,7 +156,7 @@ class AppState(QObject):
                 problems.update(exc.problems)
         for dotted in ("data.path", "data.eval_path"):
             path = self.value(dotted)
-            if path and path != "demo" and not Path(path).expanduser().exists():
+            if path and path not in DEMOS and not Path(path).expanduser().exists():
                 problems[dotted] = f"{path} does not exist"
         self.set_problems(problems)
         return problems

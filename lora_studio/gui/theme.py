@@ -27,6 +27,13 @@ SERIES = {
     "mem_estimate": "#8b95a5",
     "histogram": "#3b82f6",
     "max_seq_len": "#f97316",
+    # preference tuning: chosen vs rejected are the Okabe–Ito bluish green and vermillion, told apart
+    # also with the common colour-vision deficiencies
+    "reward_chosen": "#009e73",
+    "reward_rejected": "#d55e00",
+    "reward_margin": "#6366f1",
+    "reward_accuracy": "#d946ef",
+    "kl": "#eab308",
 }
 
 #: Memory-estimate components, in the order the bar stacks them.

@@ -23,7 +23,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lora_studio.core.config import DEMOS
 from lora_studio.core.data import FIELDS
+from lora_studio.core.data.preference_preview import METHOD_NAMES, methods_text
 from lora_studio.gui import jobs
 from lora_studio.gui.pages import Page
 from lora_studio.gui.pages.model import scroll
@@ -53,6 +55,7 @@ class DataPage(Page):
         self.task = BackgroundTask(self, delay_ms=DEBOUNCE_MS)
         self.task.busy_changed.connect(self._busy)
         self.overview: jobs.DataOverview | None = None
+        self._hint_for: Any = None  # the preference data the method hint is about
         self.content.addWidget(self._file_card())
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.setObjectName("dataSplitter")
@@ -81,12 +84,22 @@ class DataPage(Page):
         browse.setToolTip("Choose a .jsonl, .json, .csv, .tsv, .parquet or .txt file.")
         browse.clicked.connect(self._browse)
         demo = QPushButton("Use the demo data")
-        demo.setToolTip("The bundled identity dataset: ~100 questions about who the assistant is.")
-        demo.clicked.connect(lambda: self.state.set_value("data.path", "demo"))
+        demo.setToolTip(
+            "The bundled identity dataset for supervised fine-tuning: ~100 questions about who the "
+            "assistant is (sets the method to SFT)."
+        )
+        demo.clicked.connect(lambda: self._use_demo("sft"))
+        demo_dpo = QPushButton("Preference demo")
+        demo_dpo.setToolTip(
+            "The bundled preference pairs: 60 questions with a short, direct answer preferred over a "
+            "long, wandering one. Sets the method to DPO and the demo's schedule (20 steps)."
+        )
+        demo_dpo.clicked.connect(lambda: self._use_demo("dpo"))
         row = QHBoxLayout()
         row.addWidget(form, 1)
         row.addWidget(browse, 0, Qt.AlignmentFlag.AlignTop)
         row.addWidget(demo, 0, Qt.AlignmentFlag.AlignTop)
+        row.addWidget(demo_dpo, 0, Qt.AlignmentFlag.AlignTop)
         card.body.addLayout(row)
         self.status = QLabel("Reading…")
         self.status.setObjectName("muted")
@@ -104,6 +117,13 @@ class DataPage(Page):
         self.evidence.setObjectName("muted")
         self.evidence.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         card.add(self.evidence)
+        # preference data: which training methods fit, and where to choose one (in the scrolled column,
+        # so the line costs the page no height)
+        self.method_hint = QLabel()
+        self.method_hint.setObjectName("methodHint")
+        self.method_hint.setWordWrap(True)
+        self.method_hint.setVisible(False)
+        card.add(self.method_hint)
         self.mapping = Foldable("Column mapping")
         self.mapping_grid = QGridLayout(self.mapping.content)
         self.mapping_grid.setContentsMargins(0, 0, 0, 0)
@@ -138,6 +158,7 @@ class DataPage(Page):
         grid.setHorizontalSpacing(16)
         grid.setVerticalSpacing(4)
         self.numbers: dict[str, QLabel] = {}
+        self.number_names: dict[str, QLabel] = {}
         names = [("records", "Records"), ("examples", "Training examples"), ("eval", "Eval examples"),
                  ("lengths", "Tokens per example"), ("trainable", "Trained tokens"), ("cut", "Cut to fit"),
                  ("dropped", "Dropped"), ("padding", "Padding")]  # fmt: skip
@@ -149,6 +170,7 @@ class DataPage(Page):
             grid.addWidget(name, i, 0)
             grid.addWidget(value, i, 1)
             self.numbers[key] = value
+            self.number_names[key] = name
         grid.setRowStretch(len(names), 1)
         self.histogram = self.views.LengthHistogram()
         row = QHBoxLayout()
@@ -177,16 +199,20 @@ class DataPage(Page):
     # -- refresh --------------------------------------------------------------------------------
 
     def _on_config(self, _config: Any, changed: frozenset[str]) -> None:
-        if any(name.startswith("data.") for name in changed) or changed & {"model.source", "training.seed"}:
+        if any(name.startswith("data.") for name in changed) or changed & {
+            "model.source",
+            "training.seed",
+            "training.method",
+        }:
             self.refresh()
 
     def refresh(self) -> None:
         config = self.state.config
         data, source, seed = config.data, config.model.source, config.training.seed
-        trust = config.model.trust_remote_code
+        trust, method = config.model.trust_remote_code, config.training.method
         self.task.request(
             lambda cancel: jobs.data_overview(
-                data, source, seed=seed, trust_remote_code=trust, cancel=cancel
+                data, source, seed=seed, trust_remote_code=trust, cancel=cancel, method=method
             ),
             self._show,
             self._failed,
@@ -201,9 +227,14 @@ class DataPage(Page):
         stats, error = overview.stats, overview.error
         self.evidence.setText("<br>".join(overview.evidence + [f"⚠ {w}" for w in overview.warnings]))
         self._fill_mapping(overview)
+        self._show_method_hint(overview.preference)
         self.problems.set_problems(overview.problems, overview.problem_count)
         self.problems_empty.setVisible(not overview.problems)
         self.problems.setVisible(bool(overview.problems))
+        if overview.preference is not None:
+            self._show_preference(overview)
+            return
+        self._name_numbers(None)
         if error is not None:
             self.status.setText(
                 f"This data cannot be used yet: {len(overview.problems)} problem(s) listed below."
@@ -222,8 +253,117 @@ class DataPage(Page):
         self._fill_numbers(stats)
         self.preview.set_examples(overview.examples, records=stats.records)
 
+    def _show_preference(self, overview: jobs.DataOverview) -> None:
+        """Pairs side by side (KTO: answers with their label), counted as the preference run counts them."""
+        found, stats = overview.preference, overview.stats
+        report = found.report
+        self._name_numbers(found)
+        skipped = f", {overview.problem_count} records with problems" if overview.problem_count else ""
+        read = (
+            f"{report.pairs:,} pairs"
+            if found.kind == "pairs"
+            else f"{report.desirable:,} good and {report.undesirable:,} bad answers"
+        )
+        if overview.error is None:
+            self.messages.clear()
+            self.status.setText(
+                f"Preference data, {report.format} (detected) · {report.records:,} records → {read}{skipped}"
+                + (" · no chat template: using the simple fallback" if stats.fallback_template else "")
+            )
+        else:
+            self.status.setText(
+                f"This data cannot be used yet: {len(overview.problems)} problem(s) listed below"
+                + (" (or skip them: Advanced › Skip invalid records)." if stats is not None else ".")
+            )
+            self.messages.show_error(overview.error)
+            if stats is None:  # the data does not fit the method, or nothing is usable
+                self.preview.set_examples(found.previews, records=report.records)
+                self._fill_numbers(None)
+                return
+        # with only record problems the pairs the run would keep are still shown: what to fix is listed
+        self._fill_preference_numbers(found)
+        self.preview.set_examples(found.previews, records=report.records)
+
+    def _name_numbers(self, found: Any) -> None:
+        """The Statistics' row names: per example for supervised data, per pair or answer for preference."""
+        unit = None if found is None else ("pairs" if found.method != "kto" else "answers")
+        names = {
+            "records": "Records",
+            "examples": f"Training {unit}" if unit else "Training examples",
+            "eval": f"Held-out {unit}" if unit else "Eval examples",
+            "lengths": f"Tokens per {unit[:-1]}" if unit else "Tokens per example",
+            "trainable": "Trained tokens",
+            "cut": "Cut to fit",
+            "dropped": "Left out (problems)" if unit else "Dropped",
+            "padding": "Methods that fit" if unit else "Padding",
+        }
+        tips = {
+            "lengths": "Both sides of a pair together: prompt + chosen answer, and prompt + rejected answer."
+            if unit == "pairs"
+            else "The answer with its prompt.",
+            "trainable": "The answers' tokens (and their end-of-turn token): the prompt is context only.",
+            "cut": "Each side is cut to the longest example on its own; the start is kept.",
+        }
+        for key, text in names.items():
+            self.number_names[key].setText(text)
+            self.number_names[key].setToolTip(tips.get(key, "") if unit else "")
+
+    def _fill_preference_numbers(self, found: Any) -> None:
+        stats = found.stats
+        unit = "pairs" if found.method != "kto" else "answers"
+        labels = f" ({stats.desirable:,} good, {stats.undesirable:,} bad)" if found.method == "kto" else ""
+        values = {
+            **_shared_numbers(stats),
+            "examples": f"{stats.examples:,}{labels}",
+            "cut": f"{stats.truncated:,} {unit} ({stats.truncated_tokens:,} tokens)",
+            "dropped": f"{len(found.errors):,}",
+            "padding": methods_text(found.kind),
+        }
+        for key, text in values.items():
+            self.numbers[key].setText(text)
+        noun = "pair" if unit == "pairs" else "answer"
+        self.histogram.set_data(
+            found.longest_side,
+            stats.max_seq_len,
+            stats.truncated,
+            subject="Longer side of each pair" if noun == "pair" else "Answer lengths",
+            unit=unit.capitalize(),
+            x_label="Tokens (prompt + answer)",
+        )
+
+    def _show_method_hint(self, found: Any) -> None:
+        """One line under the file: which training methods this preference data fits, and where to choose."""
+        self._hint_for = found
+        if found is None:
+            self.method_hint.setVisible(False)
+            return
+        t = self.state.theme
+        method = self.state.config.training.method
+        fits = methods_text(found.kind)
+        if method == "sft":
+            text = (
+                f"<span style='color:{t.warn}'>⚠ Preference data: choose {fits} as the <b>Method</b> on the "
+                "Train page (supervised fine-tuning would also learn the "
+                f"{'rejected' if found.kind == 'pairs' else 'bad'} answers).</span>"
+            )
+        elif method not in found.methods:
+            text = (
+                f"<span style='color:{t.error}'>{METHOD_NAMES[method]} needs chosen/rejected pairs; these "
+                "are answers labelled good or bad: choose <b>KTO</b> as the Method on the Train page.</span>"
+            )
+        else:
+            others = [METHOD_NAMES[m] for m in found.methods if m != method]
+            also = f"; this data also fits {', '.join(others)}" if others else ""
+            text = (
+                f"<span style='color:{t.muted}'>Shown as {METHOD_NAMES[method]} will train on it (the "
+                f"<b>Method</b> on the Train page){also}.</span>"
+            )
+        self.method_hint.setText(text)
+        self.method_hint.setVisible(True)
+
     def _failed(self, error: Exception) -> None:
         self.status.setText("The data could not be read.")
+        self._show_method_hint(None)
         self.messages.show_error(error)
         self.preview.set_examples([])
         self._fill_numbers(None)
@@ -234,19 +374,11 @@ class DataPage(Page):
                 label.setText("—")
             self.histogram.set_data({}, self.state.config.data.max_seq_len, 0)
             return
-        lengths = stats.lengths
         packing = self.state.config.data.packing
         padding = stats.padding.get("packed" if packing else "padded_length_grouped")
         values = {
-            "records": f"{stats.records:,}",
+            **_shared_numbers(stats),
             "examples": f"{stats.examples:,}",
-            "eval": f"{stats.eval_examples:,}",
-            "lengths": (
-                f"{lengths.get('min', 0):,.0f} – {lengths.get('max', 0):,.0f} (median {lengths.get('median', 0):,.0f})"
-                if lengths
-                else "—"
-            ),
-            "trainable": f"{stats.trainable_tokens:,} of {stats.total_tokens:,}",
             "cut": f"{stats.truncated:,} examples ({stats.truncated_tokens:,} tokens)",
             "dropped": f"{stats.dropped:,}",
             "padding": f"{100 * padding:.0f}% of each batch" if padding is not None else "—",
@@ -262,9 +394,14 @@ class DataPage(Page):
                 item.widget().deleteLater()
         config = self.state.config.data
         fmt = config.format if config.format != "auto" else (overview.format or "auto")
-        fields = FIELDS.get(fmt, {})
+        fields = FIELDS.get(fmt, {}) if overview.preference is None else {}
         if not fields or not overview.columns:
-            note = QLabel("Choose a record format to map its fields to your columns.")
+            note = QLabel(
+                "Preference data is read by its field names (prompt, chosen, rejected; label for KTO): "
+                "there is nothing to map."
+                if overview.preference is not None
+                else "Choose a record format to map its fields to your columns."
+            )
             note.setObjectName("muted")
             note.setWordWrap(True)
             self.mapping_grid.addWidget(note, 0, 0, 1, 2)
@@ -290,6 +427,14 @@ class DataPage(Page):
             columns.pop(canonical, None)
         self.state.set_value("data.columns", columns)
 
+    def _use_demo(self, name: str) -> None:
+        """The SFT demo's data (with the SFT method), or everything ``train --demo dpo`` sets but the
+        run's name: the preference demo needs its schedule (a short one, with the SFT term) to work."""
+        if name == "sft":
+            self.state.set_values({"data.path": "demo", "training.method": "sft"})
+            return
+        self.state.set_values({k: v for k, v in DEMOS[name].items() if not k.startswith("output.")})
+
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a dataset file", "", DATA_FILES)
         if path:
@@ -306,6 +451,23 @@ class DataPage(Page):
     def apply_theme(self, theme: Any) -> None:
         self.histogram.apply_theme(theme)
         self.preview.set_theme(theme)
+        if self._hint_for is not None:  # its colours are the theme's
+            self._show_method_hint(self._hint_for)
+
+
+def _shared_numbers(stats: Any) -> dict[str, str]:
+    """The Statistics that read the same for supervised and preference data."""
+    lengths = stats.lengths
+    return {
+        "records": f"{stats.records:,}",
+        "eval": f"{stats.eval_examples:,}",
+        "lengths": (
+            f"{lengths.get('min', 0):,.0f} – {lengths.get('max', 0):,.0f} (median {lengths.get('median', 0):,.0f})"
+            if lengths
+            else "—"
+        ),
+        "trainable": f"{stats.trainable_tokens:,} of {stats.total_tokens:,}",
+    }
 
 
 PAGE = DataPage

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 
 from lora_studio.core.errors import CancelledError
 from lora_studio.core.evaluate import EvaluationError
+from lora_studio.core.evaluate.metrics import PREFERENCE_TASKS, TASK_METRICS
 from lora_studio.gui import workers
 from lora_studio.gui.pages import Page
 from lora_studio.gui.pages.train import duration
@@ -44,6 +45,7 @@ from lora_studio.gui.widgets.forms import Card
 STAGES = {
     "loading model": "loading the model",
     "loss": "measuring the loss",
+    "reference": "measuring the base (adapter off) as the reference",
     "generating": "answering",
     "scoring": "scoring",
     "comparing": "comparing (bootstrap intervals)",
@@ -109,7 +111,7 @@ class EvaluateWorker(workers.Worker):
 def progress_fraction(event: Any, has_task: bool) -> float:
     """Overall share done: each model's loss pass counts a fifth, its answers the rest."""
     share = 0.0
-    if event.stage == "loss" and event.total:
+    if event.stage in ("loss", "reference") and event.total:
         share = (0.2 if has_task else 1.0) * event.done / event.total
     elif event.stage == "generating" and event.total:
         share = 0.2 + 0.8 * event.done / event.total
@@ -124,7 +126,11 @@ def progress_text(event: Any) -> str:
     """'reviews: answering — example 12 of 45 · model 2 of 2'."""
     stage = STAGES.get(event.stage, event.stage)
     head = f"{event.model}: " if event.model else ""
-    count = f" — example {event.done} of {event.total}" if event.stage in ("loss", "generating") else "…"
+    count = (
+        f" — example {event.done} of {event.total}"
+        if event.stage in ("loss", "reference", "generating")
+        else "…"
+    )
     tail = f" · model {event.model_index + 1} of {event.models}" if event.models > 1 and event.model else ""
     return f"{head}{stage}{count}{tail}"
 
@@ -209,7 +215,9 @@ class EvaluatePage(Page):
             "No results yet.\n\nChoose the fine-tunes and the examples above, then Evaluate. Eval loss and "
             "perplexity are always measured, plus accuracy and macro-F1, ROUGE-L and chrF, or exact match "
             "depending on the answers — and each fine-tune's difference from the base with its "
-            "confidence interval.\nSaved evaluations of a run open from the Runs page."
+            "confidence interval. Preference runs (DPO, ORPO, SimPO, KTO) are measured on their held-out "
+            "pairs: how often the chosen answer is preferred, the margin, and the fine-tune's reward "
+            "accuracy.\nSaved evaluations of a run open from the Runs page."
         )
         self.empty.setObjectName("muted")
         self.empty.setWordWrap(True)
@@ -270,7 +278,8 @@ class EvaluatePage(Page):
         if self.messages.kind == "error":
             self.messages.clear()
         metric = found.metric or "loss only"
-        text = f"{found.examples} examples from {found.name} · {metric} — {found.reason}"
+        unit = {"preference": "pairs", "kto": "labelled answers"}.get(found.metric or "", "examples")
+        text = f"{found.examples} {unit} from {found.name} · {metric} — {found.reason}"
         models = ", ".join(found.labels)
         self.form.check_text.setText(
             f"{text}\nModels: {models}" + "".join(f"\nNote: {n}" for n in found.notes)
@@ -290,7 +299,7 @@ class EvaluatePage(Page):
             return
         self.messages.clear()
         request = self.form.request()
-        self._has_task = self.ready.metric is not None
+        self._has_task = self.ready.metric in TASK_METRICS  # answers are generated
         self._started = time.monotonic()
         self.progress.setValue(0)
         self.progress.setVisible(True)
@@ -366,12 +375,13 @@ class EvaluatePage(Page):
             if where
             else "Not saved: no run folder among the models (results are saved into the runs evaluated)."
         )
+        unit = {"pairs": "pairs", "labels": "labelled answers"}.get(eval_set.get("kind", "sft"), "examples")
         self.about.setText(
-            f"{eval_set.get('examples', '?')} examples from {eval_set.get('name', '?')} · evaluated {when} · "
+            f"{eval_set.get('examples', '?')} {unit} from {eval_set.get('name', '?')} · evaluated {when} · "
             f"metric: {data.get('metric') or 'loss only'} ({data.get('metric_reason', '')})\n{saved}"
         )
         notes = list(data.get("notes", []))
-        if data.get("metric") != "accuracy":
+        if data.get("metric") not in (*PREFERENCE_TASKS, "accuracy"):
             notes.append("No confusion matrix: it applies to classification (answers from a label set).")
         self.notes.setText("\n".join(f"Note: {n}" for n in notes))
         self.notes.setVisible(bool(notes))

@@ -35,9 +35,10 @@ from lora_studio.core.paths import runs_dir as default_runs_dir
 from lora_studio.core.runs import LIVE_STATES, RunFolder, config_diff, list_runs
 from lora_studio.gui.pages import PAGES, Page
 from lora_studio.gui.pages.train import duration
+from lora_studio.gui.pages.train_method import NAMES as METHOD_NAMES
 from lora_studio.gui.workers import BackgroundTask
 
-COLUMNS = ["Name", "Status", "Model", "Quant.", "Dataset", "Steps", "Loss", "Eval loss", "Duration", "Peak memory", "Created"]  # fmt: skip
+COLUMNS = ["Name", "Status", "Model", "Quant.", "Dataset", "Method", "Steps", "Loss", "Eval loss", "Duration", "Peak memory", "Created"]  # fmt: skip
 #: How often running runs are re-read (their metrics and status).
 FOLLOW_MS = 1000
 RESUMABLE = ("interrupted", "cancelled", "failed")
@@ -75,6 +76,7 @@ def _row(s: dict[str, Any]) -> list[tuple[str, Any]]:
         (Path(str(s.get("model") or "")).name or str(s.get("model")), s.get("model")),
         (s.get("quantization") or "none", s.get("quantization") or ""),
         (Path(str(s.get("data") or "")).name, s.get("data")),
+        (METHOD_NAMES.get(s.get("method") or "", s.get("method") or "—"), s.get("method")),
         (steps, s.get("step") or 0),
         (_number(s.get("final_loss")), s.get("final_loss")),
         (_number(s.get("final_eval_loss")), s.get("final_eval_loss")),
@@ -90,7 +92,9 @@ def _summaries(root: Path, cancel: threading.Event) -> list[dict[str, Any]]:
         if cancel.is_set():
             break
         try:
-            rows.append(run.summary())
+            summary = run.summary()
+            summary["method"] = run.config_with_notes()[0].training.method  # SFT, DPO, … at a glance
+            rows.append(summary)
         except Exception as exc:  # one unreadable folder must not hide the others
             rows.append(
                 {"run_id": run.run_id, "path": str(run.path), "state": "unreadable", "notes": [str(exc)]}

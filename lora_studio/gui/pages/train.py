@@ -1,9 +1,11 @@
 """Train page: the hyperparameters, Start / Pause / Stop, and the run as it happens.
 
 Start validates the whole configuration first (every problem shown inline, under its field, and
-nothing started). The run itself belongs to the window's :class:`RunController`; this page draws
-its events: live plots, progress with an ETA, the log and the sample answers. A finished run can
-be shown again from its folder (:meth:`TrainPage.show_run`) with the same widgets.
+nothing started), and refuses data that does not fit the chosen method (pairs under SFT, plain
+conversations under DPO) with the fix. The run itself belongs to the window's
+:class:`RunController`; this page draws its events: live plots (with the rewards of a preference
+run), progress with an ETA, the log and the sample answers. A finished run can be shown again from
+its folder (:meth:`TrainPage.show_run`) with the same widgets.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from lora_studio.core.train import events as ev
 from lora_studio.gui.pages import Page
 from lora_studio.gui.pages.model import scroll
 from lora_studio.gui.pages.train_form import build_form
+from lora_studio.gui.pages.train_method import NAMES, MethodCard
 from lora_studio.gui.widgets.forms import Card
 from lora_studio.gui.widgets.log_view import LogView
 from lora_studio.gui.widgets.samples_view import SamplesView
@@ -38,6 +41,19 @@ START_KEYS = "Ctrl+Return"
 PAUSE_KEYS = "Ctrl+Shift+P"
 STOP_KEYS = "Ctrl+Shift+S"
 FIX_TITLE = "Fix these settings before starting"
+MISMATCH_TITLE = "The data does not fit the method"
+
+
+def preference_summary(values: dict[str, float]) -> str:
+    """' Reward margin 0.18; chosen ranked first in 94% of pairs.' from a preference step ('' for SFT)."""
+    parts = []
+    if values.get("reward_margin") is not None:
+        parts.append(f"Reward margin {values['reward_margin']:.3g}")
+    if values.get("reward_accuracy") is not None:
+        parts.append(f"chosen ranked first in {100 * values['reward_accuracy']:.0f}% of pairs")
+    if values.get("kl") is not None:
+        parts.append(f"KL {values['kl']:.3g}")
+    return f" {'; '.join(parts)}." if parts else ""
 
 
 def duration(seconds: float | None) -> str:
@@ -60,7 +76,8 @@ class TrainPage(Page):
         from lora_studio.gui.widgets.training_plots import TrainingPlots  # pyqtgraph: only when built
 
         self.content.addWidget(self._controls())
-        self.form = scroll(*build_form(state))
+        self.method_card = MethodCard(state)
+        self.form = scroll(self.method_card, *build_form(state))
         self.plots = TrainingPlots()
         self.log = LogView()
         self.samples = SamplesView()
@@ -82,6 +99,10 @@ class TrainPage(Page):
         self.content.addWidget(splitter, 1)
         self._started_at: float | None = None
         self._eta: tuple[float, float] | None = None  # (eta seconds, when it was reported)
+        self._last_preference: dict[str, float] = {}  # the latest step's rewards (a preference run)
+        #: The plots hold a run (live or shown from its folder); until then they follow the method.
+        self._plots_hold_run = False
+        self.plots.set_method(state.config.training.method)
         self.clock = QTimer(self)
         self.clock.setInterval(1000)
         self.clock.timeout.connect(self._tick)
@@ -89,6 +110,8 @@ class TrainPage(Page):
         runs.failed.connect(self.on_failed)
         state.run_state_changed.connect(self._on_run_state)
         state.problems_changed.connect(self._on_problems)
+        state.config_changed.connect(self._on_config)
+        runs.ended.connect(lambda _outcome: self.method_card.refresh_runs())  # a new run to start from
         self._on_run_state(state.run_state, state.run_detail)
 
     def _controls(self) -> Card:
@@ -157,9 +180,17 @@ class TrainPage(Page):
                 "each one is marked in red under its field",
             )
             return False
+        note = self.method_card.mismatch()
+        if note:
+            self.messages.show_message(
+                "error", MISMATCH_TITLE, note, "change the method above, or the dataset on the Data page"
+            )
+            return False
         self.messages.clear()
         config = self.state.config
-        self.plots.reset(config.training.max_steps)
+        self.plots.reset(config.training.max_steps, config.training.method)
+        self._plots_hold_run = True
+        self._last_preference = {}
         self.log.clear()
         self.samples.clear_samples()
         self.progress.setRange(0, 0)  # busy until the run knows its length
@@ -167,12 +198,27 @@ class TrainPage(Page):
         self.where.setText("")
         self._started_at, self._eta = time.monotonic(), None
         self.clock.start()
-        self.log.add(f"Starting: {config.model.source} on {config.data.path}")
+        method = "" if config.training.method == "sft" else f" {NAMES[config.training.method]}"
+        self.log.add(f"Starting{method}: {config.model.source} on {config.data.path}")
         return self.runs.start(config)
 
     def _on_problems(self, problems: dict[str, str]) -> None:
         if not problems and self.messages.title.text() == FIX_TITLE:
             self.messages.clear()  # every marked field has been fixed
+
+    def _on_config(self, config: Any, changed: frozenset[str]) -> None:
+        if "training.method" in changed and not self._plots_hold_run:
+            self.plots.set_method(config.training.method)  # the plots this run will draw
+        if (
+            changed & {"training.method", "data.path"}
+            and self.messages.title.text() == MISMATCH_TITLE
+            and not self.method_card.mismatch()
+        ):
+            self.messages.clear()
+
+    def page_shown(self) -> None:
+        self.method_card.refresh_runs()  # runs may have finished (or come from the CLI) meanwhile
+        self.method_card.check_data()  # the file may have changed since it was read
 
     # -- events --------------------------------------------------------------------------------
 
@@ -188,16 +234,23 @@ class TrainPage(Page):
             self.progress.setValue(event.resumed_from_step)
             self.progress.setFormat("Step %v of %m (%p%)")
             self.where.setText(event.run_dir)
+            method = str(event.config.get("training", {}).get("method", "sft"))
+            if event.resumed_from_step:  # the run so far, from its folder; the new steps follow
+                self._load_history(event.run_dir, event.resumed_from_step, event.total_steps, method)
+            else:
+                self.plots.set_method(method)
+            self._plots_hold_run = True
             estimate = self.state.estimate if event.device.startswith("cuda") else None
             self.plots.set_estimate((estimate or {}).get("bytes", {}).get("total"))
         elif isinstance(event, ev.Step):
             self.plots.on_step(event)
+            self._last_preference = dict(event.preference) or self._last_preference
             self.progress.setMaximum(max(1, event.total_steps))
             self.progress.setValue(event.step)
             self._eta = (event.eta_s, time.monotonic()) if event.eta_s is not None else None
             self._tick()
         elif isinstance(event, ev.Evaluation):
-            self.plots.add_eval(event.step, event.eval_loss)
+            self.plots.add_eval(event.step, event.eval_loss, event.preference)
         elif isinstance(event, ev.Samples):
             self.samples.add(event.stage, event.step, list(event.samples))
         elif isinstance(event, ev.Finished):
@@ -208,7 +261,8 @@ class TrainPage(Page):
                 self.messages.show_message(
                     "info",
                     "Training completed",
-                    f"{event.step} steps in {duration(event.elapsed_s)}.{loss}",
+                    f"{event.step} steps in {duration(event.elapsed_s)}.{loss}"
+                    + preference_summary(self._last_preference),
                     f"the adapter is in {event.adapter_path}",
                 )
             else:
@@ -218,6 +272,15 @@ class TrainPage(Page):
                     f"Stopped at step {event.step}; the adapter was saved.",
                     f"resume it later from {event.run_dir}",
                 )
+
+    def _load_history(self, run_dir: str, up_to: int, total: int, method: str) -> None:
+        """A resumed run's points up to its checkpoint (the engine has cut its metrics there; the
+        steps it has written since are on their way as events)."""
+        try:
+            records = RunFolder.open(run_dir).metrics()
+        except LoraStudioError:
+            records = []
+        self.plots.load_metrics([r for r in records if int(r.get("step", 0)) <= up_to], total, method)
 
     def on_failed(self, failure: Any) -> None:
         self.messages.show_error(failure)
@@ -296,7 +359,12 @@ class TrainPage(Page):
         metrics = folder.metrics()
         total = int(status.get("total_steps") or status.get("step") or 0)
         step = int(status.get("step") or 0)
-        self.plots.load_metrics(metrics, total or None)
+        try:
+            method = folder.config_with_notes()[0].training.method
+        except LoraStudioError:
+            method = "sft"  # the plots then follow what the metrics hold
+        self.plots.load_metrics(metrics, total or None, method)
+        self._plots_hold_run = True
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(step)
         self.progress.setFormat("Step %v of %m (%p%)")

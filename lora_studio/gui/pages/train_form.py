@@ -7,6 +7,8 @@ field's own documentation (what it does and what it costs).
 
 from __future__ import annotations
 
+from typing import Any
+
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from lora_studio.gui.state import AppState
@@ -53,7 +55,18 @@ def build_form(state: AppState) -> list[QWidget]:
 
     batch = Card("Batch")
     form = Form(state, PAGE)
-    form.add_field("training.batch_size", "Batch size", unit="examples", minimum=1, maximum=65536)
+    batch_size = form.add_field(
+        "training.batch_size", "Batch size", unit="examples", minimum=1, maximum=65536
+    )
+
+    def batch_unit(config: Any, _changed: Any = None) -> None:
+        """A batch holds pairs for DPO, ORPO and SimPO (each two sequences), answers for KTO."""
+        unit = {"sft": "examples", "kto": "answers"}.get(config.training.method, "pairs")
+        if batch_size.unit is not None:
+            batch_size.unit.setText(unit)
+
+    state.config_changed.connect(batch_unit)
+    batch_unit(state.config)
     form.add_field("training.grad_accum", "Accumulate gradients", unit="steps", minimum=1, maximum=65536)
     form.add_field("training.gradient_checkpointing", "Gradient checkpointing (less memory, slower)")
     batch.add(form)

@@ -11,8 +11,8 @@ import html
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QFontDatabase
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QFontDatabase, QTextCursor
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -32,13 +32,25 @@ from lora_studio.gui.widgets.plots import LivePlot
 
 
 class PreviewView(QWidget):
-    """One example at a time, with ◀ ▶ to step through the first few."""
+    """One example at a time, with ◀ ▶ to step through the first few.
+
+    Preference data shows each pair side by side — the prompt with the chosen answer, and with the
+    rejected one, each as training renders it — or a KTO answer with its good / bad label; a
+    supervised example uses the left column alone, without a header.
+    """
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.text = QTextBrowser()
         self.text.setOpenLinks(False)
         self.text.setMinimumHeight(120)
+        self.second = QTextBrowser()  # the rejected side of a pair
+        self.second.setObjectName("previewRejected")
+        self.second.setOpenLinks(False)
+        self.second.setMinimumHeight(120)
+        self.headers = [QLabel(), QLabel()]
+        for header in self.headers:  # one line: a wrapped label would ask for the height of several
+            header.setTextFormat(Qt.TextFormat.RichText)
         self.position = QLabel()
         self.position.setObjectName("muted")
         self.previous = QPushButton("◀")
@@ -57,10 +69,19 @@ class PreviewView(QWidget):
         row.addWidget(self.next)
         row.addWidget(self.position, 1)
         row.addWidget(legend)
+        columns = QHBoxLayout()
+        columns.setSpacing(8)
+        self.columns = columns
+        for header, browser in zip(self.headers, (self.text, self.second), strict=True):
+            column = QVBoxLayout()
+            column.setSpacing(2)
+            column.addWidget(header)
+            column.addWidget(browser, 1)
+            columns.addLayout(column, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
-        layout.addWidget(self.text, 1)
+        layout.addLayout(columns, 1)
         self.examples: list[Any] = []
         self.records: int | None = None
         self.index = 0
@@ -72,10 +93,20 @@ class PreviewView(QWidget):
         self.show_example(self.index)
 
     def set_examples(self, examples: list[Any], records: int | None = None) -> None:
-        """Show ``examples`` (the first few of the data); ``records``: how many the data has in all."""
+        """Show ``examples`` (the first few of the data); ``records``: how many the data has in all.
+
+        Each is a ``PreviewExample``, or a preference ``PairPreview`` / ``AnswerPreview``."""
         self.examples = examples
         self.records = records
         self.show_example(0)
+
+    def mode(self) -> str:
+        """What is shown: "example" (supervised), "pair" or "answer" (KTO)."""
+        if self.examples and hasattr(self.examples[0], "chosen"):
+            return "pair"
+        if self.examples and hasattr(self.examples[0], "desirable"):
+            return "answer"
+        return "example"
 
     def show_example(self, index: int) -> None:
         t = self.theme
@@ -83,41 +114,106 @@ class PreviewView(QWidget):
             f"<span style='background:{t.trained_bg}'>&nbsp;trained&nbsp;</span>&nbsp; "
             f"<span style='color:{t.masked_text}'>masked (context only)</span>"
         )
+        mode = self.mode()
+        self.headers[0].setVisible(mode != "example")
+        self.headers[1].setVisible(mode == "pair")
+        self.second.setVisible(mode == "pair")
+        self.columns.setStretch(1, 1 if mode == "pair" else 0)  # a lone column takes the whole width
+        for browser in (self.text, self.second):  # the side headers take a line: no taller than before
+            browser.setMinimumHeight(120 if mode == "example" else 100)
         if not self.examples:
             self.index = 0
             self.position.setText("No example to show")
             self.text.setHtml("")
+            self.second.setHtml("")
             self.previous.setEnabled(False)
             self.next.setEnabled(False)
             return
         self.index = max(0, min(index, len(self.examples) - 1))
-        example = self.examples[self.index]
-        notes = []
-        if example.truncated:
-            notes.append(f"cut from {example.original_tokens} tokens")
-        if example.dropped:
-            notes.append("dropped: nothing left to train on")
+        shown = self.examples[self.index]
+        unit = {"example": "Example", "pair": "Pair", "answer": "Answer"}[mode]
         of = f"{len(self.examples)}"
         if self.records is not None and self.records > len(self.examples):
             of = f"{len(self.examples)} shown (of {self.records:,} records)"
-        self.position.setText(
-            f"Example {self.index + 1} of {of} · {example.tokens} tokens, "
-            f"{example.trainable_tokens} trained" + (f" · {', '.join(notes)}" if notes else "")
-        )
-        self.position.setToolTip(example.location)
-        parts = []
-        for text, trained in example.segments:
-            escaped = html.escape(text)
-            if trained:
-                parts.append(f"<span style='background:{t.trained_bg}; color:{t.text}'>{escaped}</span>")
-            else:
-                parts.append(f"<span style='color:{t.masked_text}'>{escaped}</span>")
-        font = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
-        self.text.setHtml(
-            f"<pre style='white-space: pre-wrap; font-family: \"{font}\"; font-size: 9.5pt'>{''.join(parts)}</pre>"
-        )
+        if mode == "example":
+            notes = []
+            if shown.truncated:
+                notes.append(f"cut from {shown.original_tokens} tokens")
+            if shown.dropped:
+                notes.append("dropped: nothing left to train on")
+            self.position.setText(
+                f"Example {self.index + 1} of {of} · {shown.tokens} tokens, "
+                f"{shown.trainable_tokens} trained" + (f" · {', '.join(notes)}" if notes else "")
+            )
+            self._render(self.text, shown.segments)
+        else:
+            sides = (
+                [("Chosen", shown.chosen, t.ok), ("Rejected", shown.rejected, t.error)]
+                if mode == "pair"
+                else [(shown.label, shown.answer, t.ok if shown.desirable else t.error)]
+            )
+            cut = " · cut to fit" if shown.truncated else ""
+            self.position.setText(
+                f"{unit} {self.index + 1} of {of} · prompt {shown.prompt_tokens} tokens{cut}"
+            )
+            for header, browser, (name, side, colour) in zip(
+                self.headers, (self.text, self.second), sides, strict=False
+            ):
+                header.setText(self._header(mode, name, side, colour))
+                self._render(browser, side.segments, scroll=True)
+        self.position.setToolTip(shown.location)
         self.previous.setEnabled(self.index > 0)
         self.next.setEnabled(self.index < len(self.examples) - 1)
+
+    def _header(self, mode: str, name: str, side: Any, colour: str) -> str:
+        """'Chosen · 40 tokens, 12 trained' with the side's name as a coloured badge."""
+        label = name if mode == "pair" else f"labelled {name}"
+        badge = (
+            f"<span style='background:{colour}; color:#ffffff; font-weight:600'>&nbsp;{html.escape(name)}&nbsp;</span>"
+            if mode == "answer"
+            else f"<b style='color:{colour}'>{html.escape(label)}</b>"
+        )
+        lead = "Answer " if mode == "answer" else ""
+        cut = f", cut from {side.original_tokens}" if side.truncated else ""
+        return (
+            f"{lead}{badge} <span style='color:{self.theme.muted}'>· {side.tokens} tokens{cut}, "
+            f"{side.trainable_tokens} trained</span>"
+        )
+
+    def _render(
+        self, browser: QTextBrowser, segments: list[tuple[str, bool]], *, scroll: bool = False
+    ) -> None:
+        browser.setHtml(segments_html(segments, self.theme))
+        start = next((i for i, (_, trained) in enumerate(segments) if trained), 0)
+        if scroll and start:  # the answer's start at the top, a line of its prompt above it
+            offset = sum(len(text) for text, _ in segments[:start])
+            QTimer.singleShot(0, browser, lambda: _scroll_to(browser, offset))
+
+    def side_texts(self) -> tuple[str, str]:
+        """The plain text of the two columns (for tests)."""
+        return self.text.toPlainText(), self.second.toPlainText()
+
+
+def _scroll_to(browser: QTextBrowser, offset: int) -> None:
+    """Scroll so that the character at ``offset`` is on the second line of the view (once laid out)."""
+    cursor = QTextCursor(browser.document())
+    cursor.setPosition(min(offset, browser.document().characterCount() - 1))
+    bar = browser.verticalScrollBar()
+    rect = browser.cursorRect(cursor)
+    bar.setValue(max(0, bar.value() + rect.top() - rect.height()))
+
+
+def segments_html(segments: list[tuple[str, bool]], theme: Any) -> str:
+    """Segments as monospaced HTML: trained text highlighted, masked text greyed."""
+    parts = []
+    for text, trained in segments:
+        escaped = html.escape(text)
+        if trained:
+            parts.append(f"<span style='background:{theme.trained_bg}; color:{theme.text}'>{escaped}</span>")
+        else:
+            parts.append(f"<span style='color:{theme.masked_text}'>{escaped}</span>")
+    font = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
+    return f"<pre style='white-space: pre-wrap; font-family: \"{font}\"; font-size: 9.5pt'>{''.join(parts)}</pre>"
 
 
 class LengthHistogram(LivePlot):
@@ -135,8 +231,21 @@ class LengthHistogram(LivePlot):
         self.addItem(self.limit)
         self.bar_count = 0
 
-    def set_data(self, histogram: dict[str, list[int]], max_seq_len: int, truncated: int) -> None:
+    def set_data(
+        self,
+        histogram: dict[str, list[int]],
+        max_seq_len: int,
+        truncated: int,
+        *,
+        subject: str = "Example lengths",
+        unit: str = "Examples",
+        x_label: str = "Tokens per example",
+    ) -> None:
+        """Bars of ``histogram`` with the ``max_seq_len`` line; preference data plots each pair's longer
+        side (``subject`` / ``unit`` / ``x_label`` name what is counted)."""
         edges, counts = histogram.get("edges", []), histogram.get("counts", [])
+        self.setLabel("left", unit)
+        self.setLabel("bottom", x_label)
         self.bar_count = len(counts)
         if counts:
             self.bars.setOpts(
@@ -152,7 +261,7 @@ class LengthHistogram(LivePlot):
         cut = f", {truncated} cut" if truncated else ""
         self.limit.label.setFormat(f"max length {max_seq_len}{cut}")
         # the count cut goes on the limit line and in the Statistics: in the title it was clipped
-        self.title_text = f"Example lengths — maximum {max_seq_len} tokens"
+        self.title_text = f"{subject} — maximum {max_seq_len} tokens"
         self.getPlotItem().setTitle(self.title_text, color=self._fg, size="10pt")
         right = max(longest, max_seq_len if near else 0) * 1.05 or 1
         left = max(0, edges[0] - (edges[1] - edges[0])) if len(edges) > 1 else 0
@@ -175,6 +284,9 @@ class ProblemList(QListWidget):
         super().__init__(parent)
         self.setWordWrap(True)
         self.setAlternatingRowColors(False)
+        # two rows at least, then it scrolls: a list of problems must not push the window past the
+        # screen's bottom (with the error message above it, it grew a 1360×860 window by 25 px)
+        self.setMinimumHeight(40)
         self.itemActivated.connect(
             lambda item: self.record_requested.emit(item.data(Qt.ItemDataRole.UserRole))
         )

@@ -1,7 +1,9 @@
 """The Evaluate page's per-example table: prompt, reference, and each model's answer and score.
 
 Sorting by a score column puts a model's misses first (or its worst ROUGE-L, or its highest loss),
-which is where a user learns *what* the fine-tune still gets wrong. An instruction every prompt
+which is where a user learns *what* the fine-tune still gets wrong. Preference data has nothing
+generated: a pair shows its chosen and rejected answers and each model's margin (log p(chosen) −
+log p(rejected)); a KTO answer its label and each fine-tune's reward. An instruction every prompt
 repeats (the reviews demo's "Classify the sentiment…") is said once above the table, so the column
 shows what differs.
 """
@@ -58,12 +60,23 @@ class ExamplesView(QWidget):
         table = self.table
         table.setSortingEnabled(False)
         table.clear()
-        headers = ["#", "Prompt", "Reference"]
+        metric = data.get("metric")
+        pairs, kto = metric == "preference", metric == "kto"
+        headers = [
+            "#",
+            "Prompt",
+            *(["Chosen", "Rejected"] if pairs else ["Answer", "Label"] if kto else ["Reference"]),
+        ]
         self.score_columns = {}
-        for label in labels:
-            headers.append(f"Answer — {label}")
+        scored = []  # (full label, has an answer column): a model without this score gets no column
+        for name, label in zip(full, labels, strict=True):
+            if (pairs or kto) and not any(key in e.get("models", {}).get(name, {}) for e in examples):
+                continue  # a base model has no reward
+            if not (pairs or kto):
+                headers.append(f"Answer — {label}")
             self.score_columns[label] = len(headers)
             headers.append(f"{title} — {label}")
+            scored.append((name, not (pairs or kto)))
         table.setColumnCount(len(headers))
         table.setHorizontalHeaderLabels(headers)
         table.setRowCount(len(examples))
@@ -76,9 +89,14 @@ class ExamplesView(QWidget):
                 ),
                 _text_item(str(example.get("reference") or "—")),
             ]
-            for name in full:
+            if pairs:
+                cells.append(_text_item(str(example.get("rejected") or "—")))
+            elif kto:
+                cells.append(_text_item(str(example.get("label") or "—")))
+            for name, answered in scored:
                 scores = example.get("models", {}).get(name, {})
-                cells.append(_text_item(str(scores.get("answer") or "")))
+                if answered:
+                    cells.append(_text_item(str(scores.get("answer") or "")))
                 cells.append(_score_item(key, scores))
             for c, item in enumerate(cells):
                 table.setItem(r, c, item)
@@ -116,6 +134,13 @@ def _score_item(key: str, scores: dict[str, Any]) -> SortItem:
     digits = 4 if key == "loss" else 3
     item = SortItem(value_text(value, digits), value)
     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    if key == "margin" and value is not None:
+        item.setToolTip(
+            f"log p(chosen) {scores['logp_chosen']:.3f} − log p(rejected) {scores['logp_rejected']:.3f}"
+            + (f"\nreward margin {scores['reward_margin']:.3f}" if "reward_margin" in scores else "")
+        )
+    elif key == "reward" and value is not None:
+        item.setToolTip(f"labelled {scores.get('label')}; log p {scores['logp']:.3f}; reward {value:+.3f}")
     return item
 
 

@@ -31,12 +31,23 @@ from lora_studio.core.evaluate import display_labels
 from lora_studio.gui import theme as th
 
 #: The headline metric of each task metric (loss when there is none).
-MAIN_METRIC = {"accuracy": "accuracy", "exact": "exact_match", "rouge": "rouge_l", None: "eval_loss"}
+MAIN_METRIC = {
+    "accuracy": "accuracy",
+    "exact": "exact_match",
+    "rouge": "rouge_l",
+    "preference": "pref_accuracy",
+    "kto": "kto_accuracy",
+    None: "eval_loss",
+}
+#: A second headline: on pairs, the fine-tune's reward accuracy against its base.
+SECOND_METRIC = {"preference": "reward_accuracy"}
 #: The per-example score the examples table sorts by, with its column title.
 EXAMPLE_SCORE = {
     "accuracy": ("correct", "Correct"),
     "exact": ("f1", "Token F1"),
     "rouge": ("rouge_l", "ROUGE-L"),
+    "preference": ("margin", "Margin"),
+    "kto": ("reward", "Reward"),
     None: ("loss", "Loss"),
 }
 
@@ -90,18 +101,42 @@ VERDICTS = {
     "worse": "a real step back (the interval excludes 0)",
     "noise": "could be noise (the interval includes 0)",
 }
+#: The same for a fine-tune's own interval, read against a chance line (0.5 for a share).
+NULL_VERDICTS = {
+    "better": "better than chance (the interval excludes {null:g})",
+    "worse": "worse than chance (the interval excludes {null:g})",
+    "noise": "could be chance (the interval includes {null:g})",
+}
+
+
+def own_verdict(own: dict[str, Any], null: float, higher_is_better: bool) -> str:
+    """``better`` / ``worse`` when a fine-tune's own interval excludes ``null``, else ``noise``."""
+    if not own.get("excludes_null"):
+        return "noise"
+    return "better" if (own["estimate"] > null) == higher_is_better else "worse"
+
+
 #: What a coloured difference in the table means, in words (its tooltip and its copied text).
 CELL_WORDS = {"better": "real gain", "worse": "real loss", "noise": "could be noise"}
+NULL_WORDS = {"better": "better than chance", "worse": "worse than chance", "noise": "could be chance"}
 
 
 def headline(data: dict[str, Any]) -> list[Headline]:
-    """One line per fine-tune on the headline metric (accuracy, exact match, ROUGE-L, else loss)."""
+    """One line per fine-tune on the headline metric (accuracy, exact match, ROUGE-L, preference
+    accuracy, else loss); on preference pairs a second one on the reward accuracy."""
+    rows = {row["metric"]: row for row in data.get("comparison", [])}
+    main = rows.get(MAIN_METRIC.get(data.get("metric"), "eval_loss")) or rows.get("eval_loss")
+    second = rows.get(SECOND_METRIC.get(data.get("metric"), ""))
+    return [line for row in (main, second) if row is not None for line in _headlines(data, row)]
+
+
+def _headlines(data: dict[str, Any], row: dict[str, Any]) -> list[Headline]:
     labels = model_labels(data)
     full = [entry["model"]["label"] for entry in data.get("models", [])]
-    rows = {row["metric"]: row for row in data.get("comparison", [])}
-    row = rows.get(MAIN_METRIC.get(data.get("metric"), "eval_loss")) or rows.get("eval_loss")
-    if row is None or not labels:
+    if not labels:
         return []
+    if row.get("intervals") is not None:
+        return _own_headlines(data, row, labels)
     examples = data.get("eval_set", {}).get("examples", 0)
     digits, values = row["digits"], row["values"]
     if len(labels) == 1:
@@ -121,6 +156,26 @@ def headline(data: dict[str, Any]) -> list[Headline]:
             f"{diff['high']:+.{digits}f})"
         )
         out.append(Headline(kind, f"{labels[k]} vs {labels[base]}", change, VERDICTS[kind]))
+    return out
+
+
+def _own_headlines(data: dict[str, Any], row: dict[str, Any], labels: list[str]) -> list[Headline]:
+    """A fine-tune against its own base (an implicit reward): its value and interval vs the null line."""
+    full = [entry["model"]["label"] for entry in data.get("models", [])]
+    base = full.index(data["baseline"]) if data.get("baseline") in full else 0
+    confidence = round(100 * data.get("options", {}).get("confidence", 0.95))
+    digits, null = row["digits"], row.get("null") or 0.0
+    out = []
+    for k, own in enumerate(row["intervals"]):
+        if not own:
+            continue
+        kind = own_verdict(own, null, row["higher_is_better"])
+        change = (
+            f"{row['title']} {value_text(row['values'][k], digits)} ({confidence}% interval "
+            f"{own['low']:.{digits}f} to {own['high']:.{digits}f})"
+        )
+        subject = f"{labels[k]} vs {labels[base]}" if k != base else labels[k]
+        out.append(Headline(kind, subject, change, NULL_VERDICTS[kind].format(null=null)))
     return out
 
 
@@ -240,7 +295,8 @@ class ComparisonView(_EvaluationView):
             table.setItem(r, 0, name)
             for c, row in enumerate(rows, start=1):
                 diff = next((d for d in row["differences"] if d["model"] == full[r]), None)
-                table.setCellWidget(r, c, self._value_label(row, row["values"][r], diff, theme))
+                own = (row.get("intervals") or [None] * len(labels))[r]
+                table.setCellWidget(r, c, self._value_label(row, row["values"][r], diff, theme, own))
         header = table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
@@ -249,7 +305,12 @@ class ComparisonView(_EvaluationView):
         self.legend.setText(_legend(data))
 
     def _value_label(
-        self, row: dict[str, Any], value: Any, diff: dict[str, Any] | None, theme: th.Theme
+        self,
+        row: dict[str, Any],
+        value: Any,
+        diff: dict[str, Any] | None,
+        theme: th.Theme,
+        own: dict[str, Any] | None = None,
     ) -> QLabel:
         digits = row["digits"]
         plain = value_text(value, digits)
@@ -259,6 +320,11 @@ class ComparisonView(_EvaluationView):
             change = difference_text(diff, digits)
             plain += f"\nΔ {change}  {CELL_WORDS[kind]}"
             rich += f"<br><span style='color:{_colour(kind, theme)}'>Δ {html.escape(change)}</span>"
+        elif own:
+            kind = own_verdict(own, row.get("null") or 0.0, row["higher_is_better"])
+            span = f"[{own['low']:.{digits}f}, {own['high']:.{digits}f}]"
+            plain += f"\n{span}  {NULL_WORDS[kind]}"
+            rich += f"<br><span style='color:{_colour(kind, theme)}'>{html.escape(span)}</span>"
         label = QLabel(rich)
         label.setToolTip(plain)
         label.setTextFormat(Qt.TextFormat.RichText)
@@ -286,6 +352,8 @@ def _model_tip(model: dict[str, Any]) -> str:
 
 
 def _legend(data: dict[str, Any]) -> str:
+    from lora_studio.core.evaluate.scoring import DEFINITIONS
+
     examples = data.get("eval_set", {}).get("examples", 0)
     confidence = round(100 * data.get("options", {}).get("confidence", 0.95))
     text = "↑ higher is better, ↓ lower is better."
@@ -295,7 +363,13 @@ def _legend(data: dict[str, Any]) -> str:
             f"{examples} examples]. Green: a real gain, red: a real loss (the interval excludes 0); "
             "grey: could be noise (the interval includes 0)."
         )
-    return text
+    if any(row.get("intervals") for row in data.get("comparison", [])):
+        text += (
+            f" [low, high] alone: a fine-tune's own {confidence}% interval against its base, green when it "
+            "excludes chance (0.5 for a share, 0 for a margin)."
+        )
+    definitions = DEFINITIONS.get(data.get("metric") or "")
+    return text + (f"\n{definitions}" if definitions else "")
 
 
 class ConfusionView(_EvaluationView):

@@ -9,7 +9,7 @@ documentation never drift apart.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QTimer
@@ -120,6 +120,7 @@ class Form(QWidget):
         minimum: int = 0,
         maximum: int = 1_000_000_000,
         none_text: str = "",
+        also: Callable[[Any], dict[str, Any]] | None = None,
     ) -> FieldEditor:
         editor = FieldEditor(
             self.state,
@@ -129,6 +130,7 @@ class Form(QWidget):
             minimum=minimum,
             maximum=maximum,
             none_text=none_text,
+            also=also,
         )
         row = self.grid.rowCount()
         tip = doc(dotted)
@@ -175,10 +177,14 @@ class FieldEditor(QObject):
         minimum: int = 0,
         maximum: int = 1_000_000_000,
         none_text: str = "",
+        also: Callable[[Any], dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(parent)
         self.state = state
         self.dotted = dotted
+        #: Other fields an edit of this one changes with it (value -> {dotted: value}), applied in one
+        #: ``set_values`` so the config never passes through a combination it refuses.
+        self.also = also
         self.kind = kind if kind != "auto" else _kind_of(state.value(dotted), choices)
         self.none_text = none_text
         self.widget = self._make(choices, minimum, maximum)
@@ -274,6 +280,19 @@ class FieldEditor(QObject):
         if self.unit is not None and self.kind == "optional_int":
             self.unit.setVisible(value is not None)
 
+    def set_choices(self, choices: Sequence[tuple[Any, str]]) -> None:
+        """Replace a choice field's entries (a list read from disk), keeping its value selected."""
+        combo = self.widget
+        assert isinstance(combo, QComboBox)
+        self._updating = True
+        try:
+            combo.clear()
+            for value, text in choices:
+                combo.addItem(text, value)
+        finally:
+            self._updating = False
+        self.refresh()
+
     def _on_config(self, _config: Any, changed: frozenset[str]) -> None:
         if self.dotted in changed:
             self.refresh()
@@ -295,7 +314,7 @@ class FieldEditor(QObject):
 
     def _commit(self, value: Any) -> None:
         if not self._updating:
-            self.state.set_value(self.dotted, value)
+            self.state.set_values({self.dotted: value, **(self.also(value) if self.also else {})})
 
     def _spin_changed(self, value: int) -> None:
         spin = self.widget

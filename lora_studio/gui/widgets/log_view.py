@@ -46,10 +46,12 @@ def event_text(event: Any) -> str:
         grad = f"  grad norm {event.grad_norm:.3f}" if event.grad_norm is not None else ""
         return (
             f"Step {event.step}/{event.total_steps}  loss {event.loss:.4f}  lr {event.learning_rate:.2e}"
-            f"{grad}  {event.tokens_per_s:,.0f} tokens/s"
+            f"{grad}  {event.tokens_per_s:,.0f} tokens/s{_preference(event.preference, '  ')}"
         )
     if isinstance(event, ev.Evaluation):
-        return f"Evaluation at step {event.step}: eval loss {event.eval_loss:.4f}"
+        return f"Evaluation at step {event.step}: eval loss {event.eval_loss:.4f}" + _preference(
+            event.preference, ", eval "
+        )
     if isinstance(event, ev.CheckpointSaved):
         return f"Checkpoint saved at step {event.step}"
     if isinstance(event, ev.Samples):
@@ -64,3 +66,8 @@ def event_text(event: Any) -> str:
             f" — {event.hint}" if event.hint else ""
         )
     return ""
+
+
+def _preference(values: dict[str, float], sep: str) -> str:
+    """A preference run's margin and accuracy (KTO: KL) for its log line ('' for SFT)."""
+    return "".join(sep + word for word in ev.preference_words(values))

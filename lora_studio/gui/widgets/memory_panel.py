@@ -27,6 +27,7 @@ MEMORY_FIELDS = {
     "training.batch_size", "training.grad_accum", "training.optimizer",
     "training.gradient_checkpointing", "data.max_seq_len", "data.packing",
     "model.lean_kbit_prep", "training.chunked_loss", "training.checkpoint_offload",
+    "training.method", "preference.init_adapter",  # pairs are two sequences; a start adapter, a copy
 }  # fmt: skip
 #: Activation checkpointing as one choice: (gradient_checkpointing, checkpoint_offload) per entry.
 CHECKPOINTING = (

@@ -97,7 +97,12 @@ class LivePlot(pg.PlotWidget):
         self._dirty: set[str] = set()
         #: Absolute quantities (memory) read wrongly on an axis that does not start at zero.
         self.zero_based = False
+        #: A quantity with known bounds (an accuracy in %) keeps them: a jump from 50 to 100 % must not
+        #: look like the same change as one from 99 to 100 %.
+        self.fixed_y: tuple[float, float] | None = None
         self._framed = False  # the x range is set by _frame_lone_points, not automatic
+        #: An x range the caller fixed (a run's steps from 0 to the last): lone points do not move it.
+        self.x_span: tuple[float, float] | None = None
         self.empty = pg.TextItem("", anchor=(0.5, 0.5))
         self.empty.setParentItem(item.getViewBox())
         item.getViewBox().sigResized.connect(self._place_empty)
@@ -148,6 +153,7 @@ class LivePlot(pg.PlotWidget):
             style = Qt.PenStyle.DashLine if dashed else Qt.PenStyle.SolidLine
             item = pg.PlotDataItem(
                 pen=pg.mkPen(c, width=width, style=style),
+                symbol=None,  # said outright: given a symbol brush, pyqtgraph would dot every point
                 symbolBrush=c,  # used only while the curve has a single point (see refresh)
                 symbolPen=None,
                 symbolSize=7,
@@ -176,7 +182,7 @@ class LivePlot(pg.PlotWidget):
             return
         line.setValue(value)
         line.show()
-        if not any(item is sample for item, _ in self.legend.items):
+        if not self._listed(sample):
             self.legend.addItem(sample, name)
 
     def append(self, key: str, x: float, y: float | None) -> None:
@@ -189,6 +195,10 @@ class LivePlot(pg.PlotWidget):
             series.in_legend = True
             self.empty.hide()
         self._dirty.add(key)
+
+    def _listed(self, item: pg.PlotDataItem) -> bool:
+        """Whether the legend lists ``item`` (its entries hold a sample wrapping the item)."""
+        return any(sample.item is item for sample, _label in self.legend.items)
 
     def count(self, key: str) -> int:
         return self.series[key].buffer.n
@@ -214,12 +224,26 @@ class LivePlot(pg.PlotWidget):
             tops = [float(s.buffer.view()[1].max()) for s in self.series.values() if s.buffer.n]
             tops += [line.value() for line in self.lines.values() if line.isVisible()]
             self.setYRange(0, max(tops or [1.0]) * 1.15 or 1.0, padding=0)
+        elif self.fixed_y is not None:
+            self.setYRange(*self.fixed_y, padding=0.05)
         return True
+
+    def set_x_span(self, span: tuple[float, float] | None) -> None:
+        """Fix the x axis to ``span`` (the whole run, from its first step), or give it back to the
+        automatic range (None)."""
+        self.x_span = span
+        self._framed = False
+        if span is None:
+            self.enableAutoRange(axis="x")
+        else:
+            self.setXRange(*span, padding=0.04)
 
     def _frame_lone_points(self) -> None:
         """While every series has one point, centre the x axis on it: pyqtgraph's automatic range
         around a single x spans −4 to 6, and a run that stopped at step 1 read as if steps were
         negative. From the second point on the automatic range takes over again."""
+        if self.x_span is not None:
+            return  # the caller's span already holds every point
         shown = [s.buffer.view()[0] for s in self.series.values() if s.buffer.n]
         if shown and max(len(x) for x in shown) == 1:
             lo, hi = min(float(x[0]) for x in shown), max(float(x[0]) for x in shown)
@@ -243,7 +267,13 @@ class LivePlot(pg.PlotWidget):
             self.set_hline(key, None)
         self.empty.setVisible(bool(self.empty.toPlainText()))
 
+    def set_title(self, title: str) -> None:
+        """Rename the plot (one plot showing the metric a user chose), in the theme's colours."""
+        self.title_text = title
+        self.getPlotItem().setTitle(title, color=self._theme.plot_fg, size="10pt")
+
     def apply_theme(self, theme: Any) -> None:
+        self._theme = theme
         self.setBackground(theme.plot_bg)
         item = self.getPlotItem()
         item.setTitle(self.title_text, color=theme.plot_fg, size="10pt")

@@ -3,6 +3,9 @@
 One run or several: the loss (and eval loss) of each run on one step axis — or on the tokens seen,
 which is fairer when runs differ in batch size or sequence length — beside each run's memory, then a
 table of only the settings that differ and a table of the "after" sample answers, prompt by run.
+When a selected run is a preference run (DPO, KTO, ORPO, SimPO), the first plot can show its reward
+margin, preference accuracy, chosen or rejected reward, or KL instead of the loss, compared the same
+way (training curve solid, held-out points dashed).
 Metrics are read by :class:`MetricsTail`, which reads only the bytes added since its last read, so
 following a long run never re-reads its whole file.
 """
@@ -15,9 +18,11 @@ from typing import Any
 
 from PySide6.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QGridLayout,
     QHBoxLayout,
     QHeaderView,
+    QLabel,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -34,6 +39,18 @@ RUN_COLOURS = [
     th.SERIES[k]
     for k in ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "mem_peak", "mem_reserved")
 ]
+
+#: What the first plot can compare: (metrics key, title, y axis, legend word). Eval rows carry the
+#: same keys prefixed ``eval_``. Only "loss" is offered until a selected run has the others.
+METRICS = [
+    ("loss", "Loss", "Loss", "loss"),
+    ("reward_margin", "Reward margin", "Chosen − rejected reward", "margin"),
+    ("reward_accuracy", "Preference accuracy", "Chosen ranked first (%)", "accuracy"),
+    ("reward_chosen", "Reward of the chosen answers", "Reward", "chosen"),
+    ("reward_rejected", "Reward of the rejected answers", "Reward", "rejected"),
+    ("kl", "KL to the reference (KTO)", "KL estimate (nats)", "KL"),
+]
+_METRIC = {m[0]: m for m in METRICS}
 
 
 class MetricsTail:
@@ -77,6 +94,10 @@ def _reset_plot(plot: LivePlot) -> None:
     plot.enableAutoRange()
 
 
+def _scaled(value: Any, scale: float) -> float | None:
+    return value * scale if isinstance(value, (int, float)) else None
+
+
 def _peak(mem: Any) -> float | None:
     if not isinstance(mem, dict):
         return None
@@ -95,6 +116,17 @@ class RunCompare(QWidget):
         self.tokens_axis = QCheckBox("Tokens on the x axis")
         self.tokens_axis.setToolTip("Plot against tokens seen instead of steps (fairer across batch sizes).")
         self.tokens_axis.toggled.connect(lambda _on: self._redraw())
+        self.metric_choice = QComboBox()
+        self.metric_choice.setObjectName("compareMetric")
+        self.metric_choice.setToolTip(
+            "What the first plot compares: the loss, or a preference run's rewards."
+        )
+        self.metric_choice.addItem("Loss", "loss")
+        self.metric_choice.currentIndexChanged.connect(self._metric_chosen)
+        #: The metric last chosen: kept while a selection without it is shown, back when one has it.
+        self.wanted = "loss"
+        self.metric_label = QLabel("Compare")
+        self.metric_label.setBuddy(self.metric_choice)
         self.diff = QTableWidget()
         self.diff.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.samples = QTableWidget()
@@ -110,6 +142,8 @@ class RunCompare(QWidget):
         plots.setColumnStretch(0, 3)
         plots.setColumnStretch(1, 2)
         top = QHBoxLayout()
+        top.addWidget(self.metric_label)
+        top.addWidget(self.metric_choice)
         top.addStretch(1)
         top.addWidget(self.tokens_axis)
         column = QVBoxLayout(self)
@@ -119,13 +153,41 @@ class RunCompare(QWidget):
         column.addWidget(self.tabs, 2)
         self.names: list[str] = []
         self.records: dict[str, list[dict[str, Any]]] = {}
+        self._update_metrics()
 
     # -- curves -------------------------------------------------------------------------------
 
     def set_runs(self, names: list[str], records: dict[str, list[dict[str, Any]]]) -> None:
         """Draw these runs (run id -> metrics records), replacing what was shown."""
         self.names, self.records = list(names), dict(records)
+        self._update_metrics()
         self._redraw()
+
+    def _update_metrics(self) -> None:
+        """Offer the preference metrics the selected runs have (the loss always)."""
+        present = {k for records in self.records.values() for r in records for k in r}
+        keys = ["loss", *(m[0] for m in METRICS[1:] if m[0] in present)]
+        if keys != [self.metric_choice.itemData(i) for i in range(self.metric_choice.count())]:
+            self.metric_choice.blockSignals(True)
+            self.metric_choice.clear()
+            for key in keys:
+                self.metric_choice.addItem(_METRIC[key][1], key)
+            self.metric_choice.setCurrentIndex(max(0, self.metric_choice.findData(self.wanted)))
+            self.metric_choice.blockSignals(False)
+        shown = len(keys) > 1  # SFT runs alone: the page looks as it always did
+        self.metric_choice.setVisible(shown)
+        self.metric_label.setVisible(shown)
+
+    def _metric_chosen(self, _index: int) -> None:
+        self.wanted = self.metric_choice.currentData() or "loss"
+        self._redraw()
+
+    def set_metric(self, key: str) -> bool:
+        """Compare this metric in the first plot; False if no selected run has it."""
+        index = self.metric_choice.findData(key)
+        if index >= 0:
+            self.metric_choice.setCurrentIndex(index)
+        return index >= 0
 
     def _redraw(self) -> None:
         for plot in (self.loss, self.memory):
@@ -133,13 +195,19 @@ class RunCompare(QWidget):
         x_key = "tokens_seen" if self.tokens_axis.isChecked() else "step"
         for plot in (self.loss, self.memory):
             plot.setLabel("bottom", "Tokens seen" if x_key == "tokens_seen" else "Step")
+        key, title, axis, word = _METRIC[self.metric_choice.currentData() or "loss"]
+        self.loss.set_title(title)
+        self.loss.setLabel("left", axis)
+        self.loss.fixed_y = (0.0, 100.0) if key == "reward_accuracy" else None
         many = len(self.names) > 1
         labels = short_names(self.names)
         for i, name in enumerate(self.names):
             colour = RUN_COLOURS[i % len(RUN_COLOURS)]
             label = labels[i] if many else ""
-            self.loss.add_series(f"{name}:loss", f"{label} loss".strip(), colour)
-            self.loss.add_series(f"{name}:eval", f"{label} eval loss".strip(), colour, dashed=True, width=1.6)
+            self.loss.add_series(f"{name}:loss", f"{label} {word}".strip(), colour)
+            self.loss.add_series(
+                f"{name}:eval", f"{label} eval {word}".strip(), colour, dashed=True, width=1.6
+            )
             self.memory.add_series(f"{name}:mem", label or "Peak memory", colour)
             self._append(name, self.records.get(name, []), x_key)
         for plot in (self.loss, self.memory):
@@ -148,21 +216,25 @@ class RunCompare(QWidget):
 
     def _append(self, name: str, records: list[dict[str, Any]], x_key: str) -> None:
         last_x = 0.0
+        key = self.metric_choice.currentData() or "loss"
+        scale = 100.0 if key == "reward_accuracy" else 1.0
         for r in records:
             if "loss" in r:
                 last_x = float(r.get(x_key) or r.get("step") or 0)
-                self.loss.append(f"{name}:loss", last_x, r.get("loss"))
+                self.loss.append(f"{name}:loss", last_x, _scaled(r.get(key), scale))
                 self.memory.append(f"{name}:mem", last_x, _peak(r.get("mem")))
             elif "eval_loss" in r:
                 # eval records carry only the step; on the tokens axis they sit at the last train point
                 x = float(r.get("step", 0)) if x_key == "step" else last_x
-                self.loss.append(f"{name}:eval", x, r.get("eval_loss"))
+                self.loss.append(f"{name}:eval", x, _scaled(r.get("eval_" + key), scale))
 
     def add_records(self, name: str, new: list[dict[str, Any]]) -> None:
         """Follow: points appended to a shown run's metrics since the last read."""
         if name not in self.names or not new:
             return
         self.records.setdefault(name, []).extend(new)
+        if self.metric_choice.count() == 1 and any(m[0] in r for r in new for m in METRICS[1:]):
+            self._update_metrics()  # a followed run reported its first rewards
         x_key = "tokens_seen" if self.tokens_axis.isChecked() else "step"
         self._append(name, new, x_key)
         self.loss.refresh()
