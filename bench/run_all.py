@@ -122,6 +122,24 @@ def _memory(r: dict[str, Any]) -> Judged:
     return "peak <= 0.6x standard; longest >= 8x on 12 GB", measured, all(r["met"].values())
 
 
+def _preference_memory(r: dict[str, Any]) -> Judged:
+    t = r["targets"]
+    measured = (
+        f"ours/plain {t['ours/plain at 2048 tokens per side']:.2f} at 2k tokens per side "
+        f"(vs TRL alone {t['ours/plain (TRL alone) at 2048']:.2f})"
+    )
+    return "DPO peak <= 0.7x plain TRL + peft script", measured, r["met"]
+
+
+def _preference_throughput(r: dict[str, Any]) -> Judged:
+    ratios = [f"{row['model'].split(' ')[0]} {row['ratio']:.2f} ({row['pair ratios']})" for row in r["rows"]]
+    return (
+        "DPO step >= 0.97x plain TRL DPOTrainer + peft",
+        "; ".join(ratios),
+        all(x["ratio"] >= 0.97 for x in r["rows"]),
+    )
+
+
 @dataclass(frozen=True)
 class Bench:
     name: str  # script bench/<name>.py, results bench/results/<name>.json
@@ -142,6 +160,8 @@ BENCHES = [
     Bench("estimate_accuracy", _estimate_accuracy, quick=False),
     Bench("memory", _memory, quick=False, optional=True),
     Bench("memory_cuda", lambda r: ("see its table", "", None), quick=False, optional=True),
+    Bench("preference_memory", _preference_memory, quick=False, optional=True),
+    Bench("preference_throughput", _preference_throughput),
 ]
 NOT_RUN = {
     "qlora_vs_lora": "trains the real model twice (far over the make bench budget); "

@@ -7,7 +7,9 @@
 # Trains, in RUNS_DIR (default: a new temporary folder, never your own runs): three `train --demo`
 # runs to compare on the Runs page (lr 5e-4 rank 16; lr 2e-4 rank 8; the first in 4-bit NF4) and
 # the reviews classification demo, evaluates it against the base model, then renders every page:
-# the Train, Chat and Export pages on the first demo run, the Evaluate page on the reviews run.
+# the Train, Chat and Export pages on the first demo run, the Evaluate page on the reviews run; and
+# the preference demo (`train --demo dpo`, evaluated against the base) for train-dpo.png and
+# data-dpo.png.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs="${1:-$(mktemp -d)}"
@@ -30,4 +32,12 @@ evaluate=$(mktemp -d)
 .venv/bin/python -m lora_studio.gui.screenshots "$evaluate" --model default --run "$reviews"
 cp "$evaluate/evaluate.png" "$out/evaluate.png"
 rm -rf "$evaluate"
+[ -n "$(ls -d "$runs"/*-demo-dpo 2>/dev/null)" ] || train --demo dpo --eval-fraction 0.1
+dpo=$(ls -d "$runs"/*-demo-dpo | head -1)
+[ -d "$dpo/eval" ] || "$studio" evaluate --run "$dpo" --compare-base
+preference=$(mktemp -d)
+.venv/bin/python -m lora_studio.gui.screenshots "$preference" --model default --run "$dpo"
+cp "$preference/train.png" "$out/train-dpo.png"
+cp "$preference/data.png" "$out/data-dpo.png"
+rm -rf "$preference"
 echo "written: $out/*.png (look at them before committing)"
