@@ -6,6 +6,7 @@ run started from. QLoRA runs for real on the CPU.
 """
 
 import json
+import re
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -285,6 +286,9 @@ def test_a_prompt_longer_than_max_seq_len_is_named(tiny_model_dir, tmp_path):
     with pytest.raises(DatasetError) as info:
         prepare_preferences(DataSection(path=str(path), max_seq_len=64), tokenizer, "dpo")
     assert info.value.line == 4 and "max_seq_len = 64" in info.value.message
+    named = int(re.search(r"the prompt is ([\d,]+) tokens", info.value.message).group(1).replace(",", ""))
+    assert named > 200  # the whole prompt, not the 64 tokens it was cut to
+    assert f"above {named}" in info.value.hint
     kept = prepare_preferences(
         DataSection(path=str(path), max_seq_len=64, skip_invalid=True), tokenizer, "dpo"
     )

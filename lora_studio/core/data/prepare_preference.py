@@ -170,11 +170,15 @@ def _encode_side(
     except TemplateProblem as exc:
         raise conv.error(f"{name}: {exc}") from None
     if example.trainable == 0:
-        prompt_tokens = _prompt_length(example)
+        # the example was cut to the limit: count the whole prompt, so the hint names a length that fits
+        rendered = encoder.render(prompt, None, generation=True)
+        prompt_tokens = len(encoder.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        answer_name = "the answer" if name == "completion" else f"the {name} answer"
         raise conv.error(
-            f"the prompt is {prompt_tokens} tokens, so nothing of the {name} answer fits in "
+            f"the prompt is {prompt_tokens:,} tokens, so nothing of {answer_name} fits in "
             f"max_seq_len = {limit}",
-            hint=f"raise data.max_seq_len above {prompt_tokens}, or shorten this record's prompt",
+            hint=f"raise data.max_seq_len above {prompt_tokens}, or shorten this record's prompt "
+            "(or skip such records: skip_invalid)",
         )
     return example
 
