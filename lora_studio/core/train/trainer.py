@@ -332,10 +332,19 @@ class _StudioMixin:
         return super().prediction_step(model, inputs, *args, **kwargs)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        """Write the checkpoint into a staging folder, then rename it in: never a half checkpoint."""
+        """Write the checkpoint into a staging folder, then rename it in: never a half checkpoint.
+
+        Every process writes into it (each its own RNG state), so under multi-process training only
+        the main one clears and renames it, each time after all have arrived: a rank that cleared or
+        renamed the folder while another still wrote to it failed the run ("No such file or
+        directory" from safetensors, seen once in CI under ``accelerate launch``).
+        """
         final_root = self.args.output_dir
         staging_root = os.path.join(final_root, ".staging")
-        shutil.rmtree(staging_root, ignore_errors=True)
+        main = self._run.world.is_main
+        if main:
+            shutil.rmtree(staging_root, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         self.args.output_dir = staging_root
         step = self.state.global_step
         try:
@@ -347,12 +356,15 @@ class _StudioMixin:
                 hold(fault, f"inside the write of checkpoint {step}")  # a test kills it here, mid-write
         finally:
             self.args.output_dir = final_root
-        name = f"checkpoint-{step}"
-        replace_dir(Path(staging_root) / name, Path(final_root) / name)
-        shutil.rmtree(staging_root, ignore_errors=True)
-        assert self._run.folder is not None
-        for _, old in self._run.folder.checkpoints()[: -self.args.save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        if main:
+            name = f"checkpoint-{step}"
+            replace_dir(Path(staging_root) / name, Path(final_root) / name)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            assert self._run.folder is not None
+            for _, old in self._run.folder.checkpoints()[: -self.args.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
 
 
 class _StudioTrainer(_StudioMixin, Trainer):
