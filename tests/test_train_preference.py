@@ -362,3 +362,16 @@ def test_the_model_card_names_the_method_and_its_reference():
     assert "reference: base model + that adapter" in method_summary(kto)
     assert "starting from the adapter `runs/sft`" in method_summary(kto)
     assert "no reference model" in method_summary(RunConfig.from_dict({"training": {"method": "simpo"}}))
+
+
+def test_sft_can_continue_an_earlier_adapter_too(tiny_model_dir, tmp_path):
+    """``init_adapter`` is not only for preference runs: an SFT run continues that adapter."""
+    chat = tmp_path / "chat.jsonl"
+    row = {"messages": [{"role": "user", "content": "Name?"}, {"role": "assistant", "content": "Lumen."}]}
+    chat.write_text("".join(json.dumps(row) + "\n" for _ in range(8)))
+    first, second = Recorder(), Recorder()
+    earlier = train(make_config(tiny_model_dir, chat, tmp_path / "runs", "sft", max_steps=4), first)
+    config = make_config(tiny_model_dir, chat, tmp_path / "runs", "sft", max_steps=1)
+    train(config.with_overrides({"preference.init_adapter": str(earlier.run_dir)}), second)
+    assert second.steps()[0].loss < first.steps()[0].loss - 0.1  # it starts where the earlier run ended
+    assert second.steps()[0].loss == pytest.approx(first.steps()[-1].loss, rel=0.2)

@@ -401,8 +401,8 @@ class PreferenceSection(_Section):
     init_adapter: str | None = Field(
         None,
         description="Start from the adapter of an earlier run (its run folder or an adapter folder), "
-        "as in SFT then DPO. Preference methods then compare against base + that adapter (frozen, "
-        "no second copy of the base).",
+        "as in SFT then DPO: training continues that adapter (its rank and layers). DPO and KTO then "
+        "compare against base + that adapter (frozen, no second copy of the base).",
     )
 
     @model_validator(mode="after")

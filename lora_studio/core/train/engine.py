@@ -176,6 +176,7 @@ class TrainingRun:
         self.model: Any = None
         self.four_bit: Any = None  # FourBitLayout: 4-bit weights put back in training layout each step
         self.tokenizer: Any = None
+        self.initial_adapter: Path | None = None  # preference.init_adapter, found and checked
         self.lock = threading.Lock()  # held while the model trains a step; chat takes it to generate
 
     # -- the recipe -------------------------------------------------------------------------
@@ -234,12 +235,12 @@ class TrainingRun:
         self.tokenizer = load_tokenizer(self.resolved.path, trust_remote_code=cfg.model.trust_remote_code)
         if self.faults.get("data_error"):
             raise ValueError("injected fault while tokenizing the dataset")
+        self.initial_adapter = find_initial_adapter(cfg)
         if cfg.training.method == "sft":
             self.data = prepare_dataset(cfg.data, self.tokenizer, seed=cfg.training.seed, cancel=self.cancel)
         else:
             from lora_studio.core.data import prepare_preferences
 
-            self.initial_adapter = find_initial_adapter(cfg)
             self.data = prepare_preferences(
                 cfg.data, self.tokenizer, cfg.training.method, seed=cfg.training.seed, cancel=self.cancel
             )
@@ -278,7 +279,7 @@ class TrainingRun:
         from transformers import set_seed
 
         set_seed(cfg.training.seed)  # adapter initialisation is part of the run: same seed, same run
-        self.model = wrap_with_lora(model, cfg, initial_adapter=getattr(self, "initial_adapter", None))
+        self.model = wrap_with_lora(model, cfg, initial_adapter=self.initial_adapter)
         if self._converts_initial_weights and self.world.is_main and not self._initial_adapter.exists():
             # PiSSA/OLoRA change the base weights; keep the starting adapter so the final one can be
             # converted back into a plain LoRA for the unmodified base (export, chat, sharing)
@@ -307,7 +308,8 @@ class TrainingRun:
 
     @property
     def _converts_initial_weights(self) -> bool:
-        return self.config.lora.init in ("pissa", "olora")
+        # a run that continues an earlier adapter starts from that adapter, not from PiSSA/OLoRA's
+        return self.config.lora.init in ("pissa", "olora") and not self.config.preference.init_adapter
 
     @property
     def _initial_adapter(self) -> Path:
@@ -534,8 +536,6 @@ def wrap_with_lora(model: Any, config: RunConfig, *, initial_adapter: Path | Non
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if initial_adapter is not None:
-        from lora_studio.core.models import model_construction
-
         with model_construction():
             return PeftModel.from_pretrained(model, str(initial_adapter), is_trainable=True)
     lora = config.lora
