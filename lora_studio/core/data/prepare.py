@@ -17,7 +17,7 @@ import statistics
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lora_studio.core.config import DataSection
 from lora_studio.core.data.files import check_cancel
@@ -39,6 +39,8 @@ from lora_studio.core.errors import DatasetError
 if TYPE_CHECKING:
     import datasets
     import torch
+
+T = TypeVar("T")
 
 #: Batch size assumed for the padding report when the training batch size is not known.
 REPORT_BATCH_SIZE = 8
@@ -210,10 +212,12 @@ def build_dataset(
     )
 
 
-def split_conversations(
-    conversations: list[Conversation], data: DataSection, seed: int
-) -> tuple[list[Conversation], list[Conversation]]:
-    """Seeded hold-out; both parts keep file order so examples stay easy to find."""
+def split_conversations(conversations: list[T], data: DataSection, seed: int) -> tuple[list[T], list[T]]:
+    """Seeded hold-out; both parts keep file order so examples stay easy to find.
+
+    Preference pairs and labelled answers are split by the same rule (``prepare_preference``), so a
+    run's held-out part is the same whichever kind of record its file holds.
+    """
     if data.eval_fraction <= 0:
         return conversations, []
     n = len(conversations)

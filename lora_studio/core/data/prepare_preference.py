@@ -16,7 +16,6 @@ Nothing heavy is imported at module level.
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from lora_studio.core.data.prepare import (
     _histogram,
     _length_stats,
     padding_report,
+    split_conversations,
 )
 from lora_studio.core.data.render import IGNORE, Encoder, Example, TemplateProblem, template_note
 from lora_studio.core.errors import DatasetError
@@ -95,7 +95,9 @@ def prepare_preferences(
         _check_kind(eval_report, method, data.eval_path)
         report.skipped += eval_report.skipped
         report.evidence += [f"eval: {e}" for e in eval_report.evidence]
-    train_items, held_items = (items, eval_items) if eval_items is not None else _split(items, data, seed)
+    train_items, held_items = (
+        (items, eval_items) if eval_items is not None else split_items(items, data, seed)
+    )
     encoder = Encoder(tokenizer, train_on="assistant", max_seq_len=data.max_seq_len)
     skipped = list(report.skipped)
     train = encode_items(encoder, train_items, data, method, skipped, cancel)
@@ -207,23 +209,7 @@ def _check_kind(report: PreferenceReport, method: str, path: str) -> None:
 def split_items(items: list[Item], data: DataSection, seed: int) -> tuple[list[Item], list[Item]]:
     """(training, held-out) exactly as :func:`prepare_preferences` splits them: evaluating a run on
     its held-out pairs reads the same pairs its training left out."""
-    return _split(items, data, seed)
-
-
-def _split(items: list[Item], data: DataSection, seed: int) -> tuple[list[Item], list[Item]]:
-    """The same seeded hold-out as supervised data; both parts keep file order."""
-    if data.eval_fraction <= 0:
-        return items, []
-    n = len(items)
-    if n < 2:
-        raise DatasetError(
-            f"eval_fraction needs at least 2 records, and there is {n}", hint="set eval_fraction = 0"
-        )
-    k = min(n - 1, max(1, round(n * data.eval_fraction)))
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    held = set(order[:k])
-    return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
+    return split_conversations(items, data, seed)
 
 
 def _unit(method: str) -> str:
