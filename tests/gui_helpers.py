@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -201,3 +202,41 @@ class GapMeter:
         assert self.busiest < busy_s, f"the GUI thread itself worked without a break: {report}"
         assert self.longest < wall_s, f"the GUI thread was blocked: {report}"
         return report
+
+
+def settle_panel(qtbot, panel, before: object = None) -> dict:
+    """Until a memory panel shows a fresh estimate (not ``before``) and nothing is pending."""
+    qtbot.waitUntil(
+        lambda: (
+            not panel.task.busy
+            and not panel._catalog_task.busy
+            and panel.bar.estimate is not None
+            and panel.bar.estimate is not before
+        ),
+        timeout=120_000,
+    )
+    return panel.bar.estimate
+
+
+@contextlib.contextmanager
+def memory_panel(qtbot, config: RunConfig, model: str = "catalog:Llama-3.1-8B", gpu: str = "RTX 3060"):
+    """A shown memory panel on ``config``, estimating a catalog ``model`` against a catalog ``gpu``;
+    on exit no estimate may still answer into it (a later test would see it)."""
+    from lora_studio.gui import workers
+    from lora_studio.gui.state import AppState
+    from lora_studio.gui.widgets.memory_panel import MemoryPanel
+
+    widget = MemoryPanel(AppState(config))
+    qtbot.addWidget(widget)
+    widget.resize(560, 900)
+    widget.show()
+    qtbot.waitUntil(lambda: widget.model.findData(model) >= 0, timeout=60_000)
+    widget.model.setCurrentIndex(widget.model.findData(model))
+    assert widget.select_gpu(gpu)
+    settle_panel(qtbot, widget)
+    try:
+        yield widget
+    finally:
+        widget.task.cancel_pending()
+        widget._catalog_task.cancel_pending()
+        assert workers.wait_all(60_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -197,6 +198,9 @@ def test_advice_names_each_memory_saver_that_is_off_with_the_estimators_own_savi
         chunked_loss=False,
         vram_bytes=12 * GIB,
         batch_size=1,
+        checkpoint_offload="off",
+        tiled_mlp="off",
+        norm_recompute="off",
     )
     estimate = estimate_memory(standard)
     assert estimate.fits is False
@@ -228,7 +232,9 @@ def test_advice_when_it_fits_gives_the_largest_batch_and_sequence():
         EstimateRequest("catalog:Qwen2.5-0.5B", quantization="nf4", vram_bytes=24 * GIB, batch_size=1)
     )
     batch_line = next(line for line in estimate.advice if line.startswith("Largest batch size"))
-    batch = int(batch_line.rstrip(".").rsplit(" ", 1)[1])
+    batch = int(re.match(r"Largest batch size that fits at sequence length 512: (\d+)", batch_line)[1])
+    # the larger batch pads its rows: "auto" turns on chunked attention (no seq × seq mask), and says so
+    assert "('auto' turns on chunked attention" in batch_line
     request = EstimateRequest(
         "catalog:Qwen2.5-0.5B", quantization="nf4", vram_bytes=24 * GIB, batch_size=batch
     )
@@ -302,7 +308,8 @@ def run_cli(*args):
 
 
 def test_cli_prints_an_aligned_table_with_verdict_and_advice(capsys):
-    standard = ("--peft-prep", "--full-loss", "--grad-checkpointing", "--seq-len", "2048")
+    standard = ("--peft-prep", "--full-loss", "--grad-checkpointing", "--seq-len", "2048", "--no-offload")
+    standard += ("--tiled-mlp", "off", "--norm-recompute", "off", "--chunked-attention", "off")
     assert run_cli("--model", "catalog:Llama-3.1-8B", "--quant", "nf4", "--gpu", "RTX 3060", *standard) == 0
     out = capsys.readouterr().out
     assert "Quantized weights" in out and "Verdict: does NOT fit" in out

@@ -8,10 +8,10 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
+from gui_helpers import memory_panel, settle_panel
 
 from lora_studio.core.config import RunConfig
-from lora_studio.gui.state import AppState
-from lora_studio.gui.widgets.memory_panel import CHECKPOINTING, MemoryPanel
+from lora_studio.gui.widgets.memory_panel import CHECKPOINTING
 
 LLAMA = "catalog:Llama-3.1-8B"
 
@@ -30,38 +30,18 @@ def standard_config() -> RunConfig:
     )
 
 
-def settle(qtbot, panel: MemoryPanel, before: object = None) -> dict:
-    """Until the panel shows a fresh estimate (not ``before``) and nothing is pending."""
-    qtbot.waitUntil(
-        lambda: (
-            not panel.task.busy
-            and not panel._catalog_task.busy
-            and panel.bar.estimate is not None
-            and panel.bar.estimate is not before
-        ),
-        timeout=120_000,
-    )
-    return panel.bar.estimate
+settle = settle_panel
+
+
+def entry(checkpointing: bool, offload: str | None) -> int:
+    """The checkpointing combo's index for (gradient_checkpointing, checkpoint_offload)."""
+    return next(i for i, (_text, on, o) in enumerate(CHECKPOINTING) if (on, o) == (checkpointing, offload))
 
 
 @pytest.fixture
 def panel(qtbot):
-    state = AppState(standard_config())
-    widget = MemoryPanel(state)
-    qtbot.addWidget(widget)
-    widget.resize(560, 900)
-    widget.show()
-    qtbot.waitUntil(lambda: widget.model.findData(LLAMA) >= 0, timeout=60_000)
-    widget.model.setCurrentIndex(widget.model.findData(LLAMA))
-    assert widget.select_gpu("RTX 3060")  # 12 GB
-    settle(qtbot, widget)
-    yield widget
-    # no estimate may answer into this panel while a later test runs
-    from lora_studio.gui import workers
-
-    widget.task.cancel_pending()
-    widget._catalog_task.cancel_pending()
-    assert workers.wait_all(60_000)
+    with memory_panel(qtbot, standard_config()) as widget:
+        yield widget
 
 
 def test_savers_that_are_off_show_as_off_and_the_advice_names_each_with_its_saving(panel):
@@ -88,9 +68,10 @@ def test_the_device_line_on_the_bar_says_whose_memory_it_is(panel):
 def test_choosing_savers_in_the_panel_changes_the_config_and_the_breakdown(qtbot, panel):
     state = panel.state
     before = panel.bar.estimate
-    panel.checkpointing.setCurrentIndex(2)
-    panel.checkpointing.activated.emit(2)
-    assert state.config.training.gradient_checkpointing and state.config.training.checkpoint_offload
+    always = entry(True, "on")  # layer inputs always in CPU memory
+    panel.checkpointing.setCurrentIndex(always)
+    panel.checkpointing.activated.emit(always)
+    assert state.config.training.gradient_checkpointing and state.config.training.checkpoint_offload == "on"
     offloaded = settle(qtbot, panel, before)
     assert offloaded["bytes"]["activations"] < before["bytes"]["activations"] / 10
     assert "offloaded" in offloaded["explanations"]["activations"]
@@ -108,8 +89,10 @@ def test_choosing_savers_in_the_panel_changes_the_config_and_the_breakdown(qtbot
 
 
 def test_the_panel_follows_savers_changed_elsewhere(qtbot, panel):
-    panel.state.set_values({"training.gradient_checkpointing": True, "training.checkpoint_offload": False})
-    assert panel.checkpointing.currentText() == CHECKPOINTING[1][0]
+    panel.state.set_values({"training.gradient_checkpointing": True, "training.checkpoint_offload": "off"})
+    assert panel.checkpointing.currentText() == CHECKPOINTING[entry(True, "off")][0]
+    panel.state.set_value("training.checkpoint_offload", True)  # an older config's switch: "on"
+    assert panel.checkpointing.currentText() == CHECKPOINTING[entry(True, "on")][0]
     panel.state.set_values({"model.quantization": "none", "model.double_quant": False})
     assert not panel.lean.widget.isEnabled()  # lean preparation only concerns quantized models
     panel.state.set_value("training.chunked_loss", True)

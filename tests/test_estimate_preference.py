@@ -24,6 +24,16 @@ LLAMA = "catalog:Llama-3.1-8B"
 METHODS = ("dpo", "kto", "orpo", "simpo")
 
 
+#: The long-context savers off: what the advice offers without them (with "auto" they may make a
+#: run fit that these tests need not to fit).
+NO_SAVERS = {
+    "checkpoint_offload": "off",
+    "tiled_mlp": "off",
+    "norm_recompute": "off",
+    "chunked_attention": "off",
+}
+
+
 def qlora_8b(method: str, **settings) -> EstimateRequest:
     """Llama-3.1-8B QLoRA with checkpointing at 2,048 tokens (per answer for the pair methods)."""
     return EstimateRequest(
@@ -151,23 +161,28 @@ def test_settings_a_preference_run_refuses_are_named(kwargs, field, words):
 
 
 def test_advice_for_a_pair_method_counts_pairs_and_names_the_reference_forward():
-    request = qlora_8b("dpo", batch_size=4, vram_bytes=10 * GIB)
+    request = qlora_8b("dpo", batch_size=4, vram_bytes=10 * GIB, **NO_SAVERS)
     estimate = estimate_memory(request)
     assert estimate.fits is False
-    assert "Largest batch size that fits at sequence length 2048: 1 pair (2 sequences)." in estimate.advice
+    # left at "auto", the savers make the same run fit (chunked attention for the padded rows first)
+    auto = estimate_memory(replace(request, **dict.fromkeys(NO_SAVERS, "auto")))
+    assert auto.fits, auto.advice
+    assert "Largest batch size that fits at sequence length 2,048: 1 pair (2 sequences)." in estimate.advice
     batch = next(a for a in estimate.advice if a.startswith("Batch size 1 pair"))
     assert "(its chosen and rejected answer: 2 sequences) with gradient accumulation 4" in batch
     assert estimate_memory(replace(request, batch_size=1)).fits
     line = next(a for a in estimate.advice if a.startswith("DPO's reference forward"))
     assert "no second copy of the model" in line and "working memory" in line
+    # the pair methods' head is fused already: no "chunked loss" to offer
     assert not any(
-        "chunked" in a.lower() for a in estimate_memory(replace(request, chunked_loss=False)).advice
+        "chunked loss" in a.lower() or "chunked_loss" in a
+        for a in estimate_memory(replace(request, chunked_loss=False)).advice
     )
     assert not any(a.startswith("Train with") for a in estimate.advice)  # ORPO/SimPO need more here
 
 
 def test_advice_for_orpo_offers_dpo_which_needs_no_full_logits():
-    request = qlora_8b("orpo", batch_size=1, vram_bytes=14 * GIB)
+    request = qlora_8b("orpo", batch_size=1, vram_bytes=14 * GIB, **NO_SAVERS)
     estimate = estimate_memory(request)
     line = next(a for a in estimate.advice if a.startswith("Train with DPO instead"))
     saved = estimate.total_bytes - estimate_memory(replace(request, method="dpo")).total_bytes
@@ -220,6 +235,7 @@ def test_where_the_reference_forward_is_the_peak_the_advice_says_so():
         batch_size=2,
         seq_len=2048,
         vram_bytes=24 * GIB,
+        chunked_attention="off",
     )
     estimate = estimate_memory(request)
     assert estimate.peak_moment == "reference" and estimate.details["reference_forward"] > 0
@@ -227,3 +243,6 @@ def test_where_the_reference_forward_is_the_peak_the_advice_says_so():
     line = next(a for a in estimate.advice if a.startswith("DPO's reference forward"))
     assert "is this step's peak" in line
     assert estimate_memory(replace(request, method="simpo")).details["reference_forward"] == 0
+    # left at "auto", chunked attention replaces the eager scores (the reference forward's too)
+    auto = estimate_memory(replace(request, chunked_attention="auto"))
+    assert auto.fits and not estimate.fits and auto.peak_moment != "reference"

@@ -46,7 +46,8 @@ SWITCHES = (
         "--offload",
         "training.checkpoint_offload",
         False,
-        "with --grad-checkpointing: keep layer inputs in CPU memory",
+        "with --grad-checkpointing: keep layer inputs in CPU memory (neither flag: 'auto', on only "
+        "when the run would not fit otherwise)",
     ),
     (
         "--peft-prep",
@@ -147,6 +148,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         parser.add_argument(
             flag, action=argparse.BooleanOptionalAction, default=not on if inverted else on, help=text
         )
+    for flag, name in (
+        ("--tiled-mlp", "tiled_mlp"),
+        ("--norm-recompute", "norm_recompute"),
+        ("--chunked-attention", "chunked_attention"),
+    ):
+        parser.add_argument(
+            flag,
+            choices=("auto", "on", "off"),
+            default=default(f"training.{name}"),
+            help=f"long-context saver training.{name} (default auto: on only when the run would not fit)",
+        )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--list-gpus", action="store_true", help="list the GPU catalog and exit")
     parser.add_argument("--list-models", action="store_true", help="list the model catalog and exit")
@@ -189,6 +201,9 @@ def request_from_args(args: argparse.Namespace) -> EstimateRequest:
         lean_kbit_prep=not args.peft_prep,
         chunked_loss=not args.full_loss,
         checkpoint_offload=args.offload,
+        tiled_mlp=args.tiled_mlp,
+        norm_recompute=args.norm_recompute,
+        chunked_attention=args.chunked_attention,
         method=args.method,
         reference_adapter=args.reference_adapter,
     )
@@ -225,6 +240,18 @@ def gb(value: int) -> str:
     return f"{value / GIB:.2f}"
 
 
+def _savers_text(req: EstimateRequest) -> str:
+    """The long-context savers the estimate uses, and which of them 'auto' chose."""
+    from lora_studio.core.estimate import plan_for
+    from lora_studio.core.estimate.request import SAVER_NAMES
+
+    plan = plan_for(req)
+    if not plan.savers:
+        return ""
+    chosen = {SAVER_NAMES[n] for n in plan.auto_savers}
+    return ", " + ", ".join(f"{name} (auto)" if name in chosen else name for name in plan.savers)
+
+
 def _count(n: int) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
@@ -240,15 +267,15 @@ def render(req: EstimateRequest, estimate: MemoryEstimate) -> str:
     method = "" if req.method == "sft" else f"{METHOD_NAMES[req.method]}, "
     if req.method in PAIR_METHODS:
         rows = 2 * req.batch_size
-        batch = f"batch {req.batch_size} pairs (chosen + rejected: {rows} sequences) × {req.seq_len} tokens"
+        batch = f"batch {req.batch_size} pairs (chosen + rejected: {rows} sequences) × {req.seq_len:,} tokens"
     else:
-        batch = f"batch {req.batch_size} × {req.seq_len} tokens"
+        batch = f"batch {req.batch_size} × {req.seq_len:,} tokens"
     lines = [
         f"Memory estimate: {estimate.model} — {method}{quant}, {estimate.dtype}, LoRA r={req.lora_r} ({targets})"
         + (" DoRA" if req.use_dora else ""),
         f"  {batch}, {req.optimizer}"
         + (", gradient checkpointing" if req.gradient_checkpointing else "")
-        + (" offloaded to CPU" if req.gradient_checkpointing and req.checkpoint_offload else "")
+        + _savers_text(req)
         + (", peft fp32 preparation" if req.quantization != "none" and not req.lean_kbit_prep else "")
         + ("" if req.chunked_loss or req.method != "sft" else ", full loss")
         + f", on {where}",

@@ -130,6 +130,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lora_studio.core.estimate import decide_savers
     from lora_studio.core.train import resume, train
 
     cancel = threading.Event()
@@ -139,14 +140,14 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         if args.resume:
-            result = resume(args.resume, printer, cancel=cancel)
+            result = resume(args.resume, printer, cancel=cancel, decide_savers=decide_savers)
         else:
             config = build_config(args)
             if args.save_config:
                 config.save(args.save_config)
                 print(f"wrote {args.save_config}")
                 return 0
-            result = train(config, printer, cancel=cancel)
+            result = train(config, printer, cancel=cancel, decide_savers=decide_savers)
     except CancelledError:
         return 130
     finally:

@@ -29,6 +29,9 @@ Scheduler = Literal["linear", "cosine", "constant_with_warmup"]
 LoraInit = Literal["default", "gaussian", "pissa", "olora"]
 Method = Literal["sft", "dpo", "kto", "orpo", "simpo"]
 DpoLoss = Literal["sigmoid", "ipo", "hinge", "robust"]
+#: A memory saver's setting: "auto" turns it on only when the memory estimate says the run needs it
+#: on this device (``core/estimate/savers.decide_savers``), so short runs keep their full speed.
+Saver = Literal["auto", "on", "off"]
 #: Methods that learn from chosen/rejected pairs; KTO learns from answers labelled good or bad.
 PAIR_METHODS = ("dpo", "orpo", "simpo")
 #: Methods that compare with a reference model (the base with the adapter switched off).
@@ -309,12 +312,43 @@ class TrainingSection(_Section):
         "x vocabulary, in fp32) never exist at once. Exact; large savings at long sequences; a few "
         "percent slower. Not used under multi-process training.",
     )
-    checkpoint_offload: bool = Field(
-        False,
+    checkpoint_offload: Saver = Field(
+        "auto",
         description="With gradient checkpointing: keep the saved layer inputs in CPU memory, so "
-        "activation memory no longer grows with the number of layers. Slower (host copies); no "
-        "effect when training on the CPU.",
+        "activation memory no longer grows with the number of layers; the copies overlap with "
+        "compute. Needs host memory (shown in the estimate); no effect when training on the CPU. "
+        "'auto': on only when the run would not fit the GPU otherwise.",
     )
+    tiled_mlp: Saver = Field(
+        "auto",
+        description="Run each layer's MLP over tiles of the sequence, so its wide intermediates "
+        "never exist for the whole sequence: the largest saving at long sequences. Exact; one more "
+        "MLP forward per step (about 10-15% slower). 'auto': on only when the run would not fit "
+        "otherwise.",
+    )
+    chunked_attention: Saver = Field(
+        "auto",
+        description="Compute attention a block of queries at a time, so nothing sequence x sequence "
+        "long exists: not the score matrix of models that only have eager attention (e.g. Gemma 2), "
+        "nor the mask SDPA models get for padded or packed batches. Exact; one more attention "
+        "forward per step. No effect where neither exists (SDPA on unpadded rows). 'auto': on only "
+        "when the run would not fit otherwise.",
+    )
+    norm_recompute: Saver = Field(
+        "auto",
+        description="Recompute each RMSNorm in backward (over tiles of the sequence) instead of "
+        "keeping its fp32 copy of the input. Exact; a little slower. 'auto': on only when the run "
+        "would not fit otherwise.",
+    )
+
+    @field_validator("checkpoint_offload", mode="before")
+    @classmethod
+    def _offload_was_a_switch(cls, value: Any) -> Any:
+        """Configs from before 'auto' say true/false: they mean on/off."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
+
     seed: int = Field(42, description="Random seed for initialisation, shuffling and the eval split.")
     logging_steps: int = Field(1, description="Report loss, learning rate and memory every N steps.")
     eval_steps: int | None = Field(
@@ -359,8 +393,10 @@ class TrainingSection(_Section):
             problems.append(("save_total_limit", "must be at least 1"))
         if self.sample_max_new_tokens < 1:
             problems.append(("sample_max_new_tokens", "must be at least 1"))
-        if self.checkpoint_offload and not self.gradient_checkpointing:
-            problems.append(("checkpoint_offload", "needs gradient_checkpointing turned on"))
+        if self.checkpoint_offload == "on" and not self.gradient_checkpointing:
+            problems.append(
+                ("checkpoint_offload", "'on' needs gradient_checkpointing turned on (or use 'auto')")
+            )
         if problems:
             raise _FieldProblems(problems)
         return self
@@ -603,7 +639,13 @@ class RunConfig(_Section):
 
 #: Settings added later whose defaults are what older versions did: a config written before them
 #: is not "changed" by their absence, so reading it says nothing about them.
-_SILENT_WHEN_MISSING = {"training.method", "preference"}
+_SILENT_WHEN_MISSING = {
+    "training.method",
+    "preference",
+    "training.tiled_mlp",
+    "training.norm_recompute",
+    "training.chunked_attention",
+}
 
 
 class _FieldProblems(ValueError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_studio.core.config import DataSection, RunConfig
+from lora_studio.core.config import DataSection
 from lora_studio.core.errors import DatasetError, LoraStudioError
 
 _LOCK = threading.Lock()  # one model resolution/conversion at a time (the first one converts GGUF)
@@ -234,19 +234,6 @@ def record_context(error: DatasetError, around: int = 3) -> str:
         marker = "▶" if number == error.line else " "
         out.append(f"{marker} {number:>5}  {text}")
     return "\n".join(out)
-
-
-def estimate(
-    config: RunConfig, *, device: str | None, vram_bytes: int | None, source: str | None = None
-) -> Any:
-    """The analytic memory estimate for ``config`` (optionally for a catalog model instead)."""
-    from lora_studio.core.estimate import EstimateRequest, estimate_memory
-
-    ensure_libraries()
-    if source:
-        config = config.with_overrides({"model.source": source})
-    request = EstimateRequest.from_config(config, device=device, vram_bytes=vram_bytes)
-    return estimate_memory(request).to_dict()
 
 
 def gpu_catalog() -> list[tuple[str, int]]:

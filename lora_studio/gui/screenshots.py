@@ -58,6 +58,7 @@ def tiny_model(out: Path) -> Path:
 def train_run(model: str, steps: int, runs: Path) -> tuple[str, str]:
     """Train ``steps`` steps on the demo data; returns (run folder, model source)."""
     from lora_studio.core.config import RunConfig
+    from lora_studio.core.estimate import decide_savers
     from lora_studio.core.train import train
 
     config = RunConfig().with_overrides({
@@ -66,7 +67,7 @@ def train_run(model: str, steps: int, runs: Path) -> tuple[str, str]:
         else 3e-3, "training.save_steps": max(2, steps // 3), "training.logging_steps": 1,
         "training.sample_max_new_tokens": 24, "output.runs_dir": str(runs), "output.run_name": "demo",
     })  # fmt: skip
-    result = train(config)
+    result = train(config, decide_savers=decide_savers)
     return str(result.run_dir), model
 
 

@@ -351,6 +351,7 @@ class TrainingWorker(Worker):
         self.send(self.event, event)
 
     def _train(self) -> Any:
+        from lora_studio.core.estimate import decide_savers
         from lora_studio.core.train import engine
         from lora_studio.gui.jobs import ensure_libraries
 
@@ -362,6 +363,7 @@ class TrainingWorker(Worker):
                 cancel=self.cancel,
                 pause=self.pause,
                 shared_model=self.shared_model,
+                decide_savers=decide_savers,
             )
         return engine.train(
             self.config,
@@ -370,4 +372,5 @@ class TrainingWorker(Worker):
             pause=self.pause,
             runs_root=self.runs_root,
             shared_model=self.shared_model,
+            decide_savers=decide_savers,
         )

@@ -5,7 +5,8 @@ validates what the user chose and resolves it into the engine's ``Plan``; ``term
 ``analytic`` turn a plan into bytes per component; ``explain`` words each component and
 ``advice`` (``estimate_memory``) adds the verdict and the changes that make a run fit. ``precise``
 simulates one training step with fake tensors for an exact peak (``preference`` the step of DPO, KTO,
-ORPO and SimPO as TRL's trainers take it); ``catalog`` lists GPUs and popular models. Depends on ``train`` (its memory savers decide the sizes) and the base.
+ORPO and SimPO as TRL's trainers take it); ``savers`` decides the "auto" memory savers (for the
+estimate, and for the engine through its callers); ``catalog`` lists GPUs and popular models. Depends on ``train`` (its memory savers decide the sizes) and the base.
 """
 
 from lora_studio.core.estimate.advice import advise, estimate_memory
@@ -36,8 +37,8 @@ from lora_studio.core.estimate.request import (
     MemoryEstimate,
     Plan,
     gb,
-    plan_for,
 )
+from lora_studio.core.estimate.savers import decide_savers, plan_for
 
 __all__ = [
     "ALLOCATOR_SLACK",
@@ -59,6 +60,7 @@ __all__ = [
     "PreciseEstimate",
     "advise",
     "catalog_config",
+    "decide_savers",
     "estimate_memory",
     "estimate_plan",
     "estimate_precise",

@@ -20,12 +20,15 @@ from lora_studio.core.config import PAIR_METHODS
 from lora_studio.core.estimate.analytic import estimate_plan
 from lora_studio.core.estimate.request import (
     METHOD_NAMES,
+    SAVER_NAMES,
+    SAVERS,
     EstimateRequest,
     MemoryEstimate,
     Plan,
     gb,
-    plan_for,
+    with_savers,
 )
+from lora_studio.core.estimate.savers import plan_for
 
 MAX_BATCH = 4096
 
@@ -52,21 +55,44 @@ def advise(req: EstimateRequest, plan: Plan, estimate: MemoryEstimate) -> list[s
 
     lines: list[str] = []
     low = _smallest_batch(plan)
-    batch = _largest(lambda b: total_for(replace(plan, batch_size=b)) <= limit, MAX_BATCH, lowest=low)
+
+    # a larger batch or a longer sequence turns on the savers set to "auto" as it needs them
+    # (re-decided for each candidate: padded rows make chunked attention apply)
+    def with_auto(candidate: Plan) -> Plan:
+        return with_savers(candidate, plan.auto_settings)
+
+    auto = with_auto(plan)
+    batch = _largest(
+        lambda b: total_for(with_auto(replace(plan, batch_size=b))) <= limit, MAX_BATCH, lowest=low
+    )
     pairs = plan.method in PAIR_METHODS
     if batch:
         counted = f"{batch} pair{'s' if batch > 1 else ''} ({2 * batch} sequences)" if pairs else f"{batch}"
-        lines.append(f"Largest batch size that fits at sequence length {plan.seq_len}: {counted}.")
+        needed = _auto_needed(replace(plan, batch_size=batch), limit)
+        how = f" ('auto' turns on {', '.join(needed)})" if needed else ""
+        lines.append(f"Largest batch size that fits at sequence length {plan.seq_len:,}: {counted}{how}.")
     else:
-        lines.append(f"Even batch size {low} does not fit at sequence length {plan.seq_len}.")
+        lines.append(f"Even batch size {low} does not fit at sequence length {plan.seq_len:,}.")
     max_seq = plan.shape.context_length or 131072
-    seq = _largest(lambda s: total_for(replace(plan, seq_len=s)) <= limit, max_seq)
+    seq = _largest(lambda s: total_for(with_auto(replace(plan, seq_len=s))) <= limit, max_seq)
     what = "answer (chosen and rejected each)" if pairs else "sequence"
     if seq:
-        shown = seq if seq < 64 else seq - seq % 64
-        lines.append(f"Longest {what} that fits at batch size {plan.batch_size}: {shown} tokens.")
+        needed = _auto_needed(replace(plan, seq_len=seq), limit)
+        how = f" ('auto' turns on {', '.join(needed)})" if needed else ""
+        lines.append(f"Longest {what} that fits at batch size {plan.batch_size}: {_tokens(seq)} tokens{how}.")
     else:
         lines.append(f"No sequence length fits at batch size {plan.batch_size}.")
+    every = with_savers(plan, SAVERS)
+    if every != auto:
+        longest = _largest(
+            lambda s: total_for(with_savers(replace(plan, seq_len=s), SAVERS)) <= limit, max_seq
+        )
+        if longest > seq:
+            off = [SAVER_NAMES[n] for n in SAVERS if getattr(every, n) and not getattr(auto, n)]
+            lines.append(
+                f"With {', '.join(off)} on as well (set to 'off' now): {_tokens(longest)} tokens fit "
+                f"({', '.join(f'training.{n}' for n in SAVERS if getattr(every, n) and not getattr(auto, n))})."
+            )
     if total > limit:
         changes = _single_changes(plan)
         for text, candidate in changes:
@@ -123,6 +149,8 @@ def _all_savers(plan: Plan) -> Plan | None:
     """Every saver at once, or None when the plan already uses them all."""
     combined = replace(
         plan,
+        tiled_mlp=True,
+        norm_recompute=True,
         quantization="nf4" if plan.quantization in ("none", "int8") else plan.quantization,
         double_quant=True,
         gradient_checkpointing=True,
@@ -232,7 +260,32 @@ def _saver_changes(plan: Plan) -> list[tuple[str, Plan]]:
             else ("Turn on offloaded gradient checkpointing")
         )
         changes.append((f"{what} (training.checkpoint_offload; --offload)", offloaded))
+    for name, text in (
+        ("norm_recompute", "Recompute the norms in backward (training.norm_recompute; exact)"),
+        ("tiled_mlp", "Run the MLP over tiles of the sequence (training.tiled_mlp; exact, ~10% slower)"),
+    ):
+        if not getattr(plan, name):
+            changes.append((text, with_savers(plan, [name])))
     return changes
+
+
+def _tokens(seq: int) -> str:
+    """A longest length as shown: a multiple of 64 from 64 tokens on, with thousands separators."""
+    return f"{seq if seq < 64 else seq - seq % 64:,}"
+
+
+def _auto_needed(plan: Plan, limit: int) -> list[str]:
+    """The "auto" savers that turn on for ``plan`` (re-decided at its sequence length)."""
+    base = with_savers(plan, plan.auto_settings, on=False)
+    needed: list[str] = []
+    for name in SAVERS:
+        if name not in plan.auto_settings or not getattr(with_savers(base, [name]), name):
+            continue
+        if estimate_plan(base).total_bytes <= limit:
+            break
+        base = with_savers(base, [name])
+        needed.append(SAVER_NAMES[name])
+    return needed
 
 
 def _largest(ok: Callable[[int], bool], upper: int, *, lowest: int = 1) -> int:

@@ -13,13 +13,21 @@ so the GUI can recompute on every edit. Formulas and sources: ``docs/memory.md``
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from lora_studio.core.estimate.explain import explain
 from lora_studio.core.estimate.model import Module
-from lora_studio.core.estimate.request import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES, MemoryEstimate, Plan
+from lora_studio.core.estimate.request import (
+    ALLOCATOR_SLACK,
+    CHUNKED_ATTENTION,
+    CUDA_CONTEXT_BYTES,
+    MemoryEstimate,
+    Plan,
+)
 from lora_studio.core.estimate.terms import (
+    attention_block_bytes,
     dora_forward_temp_bytes,
     dora_weight_copies,
     full_logits_bytes,
@@ -29,6 +37,7 @@ from lora_studio.core.estimate.terms import (
     layer_saved_per_token,
     logits_peak_bytes,
     lora_tensor_sizes,
+    mlp_tile_bytes,
     optimizer_bytes,
     optimizer_step_temp_bytes,
     outside_saved_bytes,
@@ -109,9 +118,8 @@ def _estimate(plan: Plan, device_bytes: int | None) -> MemoryEstimate:
 
 
 def _masked(plan: Plan) -> bool:
-    """Whether transformers builds an attention mask: padded batches, packing, long sliding windows."""
-    window = plan.shape.sliding_window
-    return plan.rows > 1 or plan.packing or bool(window and plan.seq_len > window)
+    """Whether transformers builds an attention mask (never for chunked attention: per row)."""
+    return plan.masked and plan.shape.attention != CHUNKED_ATTENTION
 
 
 def _activation_terms(plan: Plan, *, grads: int, trainable: int) -> tuple[int, int, int, int, str]:
@@ -127,6 +135,7 @@ def _activation_terms(plan: Plan, *, grads: int, trainable: int) -> tuple[int, i
     """
     shape = plan.shape
     tokens, stream = plan.tokens, plan.stream_bytes
+    chunked = shape.attention == CHUNKED_ATTENTION  # its masks are 2D (per row), never seq × seq
     masked = _masked(plan)
     eager = shape.attention == "eager"
     needs_mask = masked or eager
@@ -134,11 +143,37 @@ def _activation_terms(plan: Plan, *, grads: int, trainable: int) -> tuple[int, i
     mask_bytes = stream if eager else 1  # eager adds a float mask; sdpa takes a boolean one
     masks = mask_kinds * mask_bytes * plan.rows * plan.seq_len**2
     per_layer = _per_layer_tokens(plan, masked=masked)
-    outside = outside_saved_bytes(shape, tokens=tokens, seq_len=plan.seq_len, stream=stream, masks=masks)
+    outside = outside_saved_bytes(
+        shape,
+        tokens=tokens,
+        seq_len=plan.seq_len,
+        stream=stream,
+        masks=masks,
+        norm_recompute=plan.norm_recompute,
+    )
     dora_copies = _dora_copies(plan, plan.lora)
     head_saved, logits = _head_terms(plan)
     outside += head_saved
-    layer_temp = layer_backward_temp_bytes(shape, tokens=tokens)
+    layer_temp = layer_backward_temp_bytes(
+        shape, tokens=tokens, tiled_mlp=plan.tiled_mlp, norm_recompute=plan.norm_recompute
+    )
+    if plan.tiled_mlp:
+        mlp_leaves = {
+            leaf for key, _, leaves in shape.layer.groups if key.startswith("mlp") for leaf in leaves
+        }
+        adapters = len({m.leaf for m in plan.lora} & mlp_leaves)
+        layer_temp += mlp_tile_bytes(
+            shape, tokens=tokens, stream=stream, adapters=adapters, dropout=plan.dropout
+        )
+    if chunked:
+        # a block's scores exist while attention runs its backward, after the MLP's backward has
+        # freed the MLP's buffers and its saved intermediates (a tiled MLP saves none)
+        block = attention_block_bytes(shape, rows=plan.rows, seq_len=plan.seq_len, stream=stream)
+        mlp_saved = 0
+        if not plan.tiled_mlp:
+            without_mlp = _per_layer_tokens(replace(plan, tiled_mlp=True), masked=masked)
+            mlp_saved = (max(per_layer) - max(without_mlp)) * tokens
+        layer_temp = max(layer_temp, block - mlp_saved)
     if plan.gradient_checkpointing:
         # each layer keeps only its input; bitsandbytes' int8 matmul also keeps its own input as a
         # ctx attribute, outside autograd's saved tensors, so checkpointing cannot drop it
@@ -326,6 +361,8 @@ def _per_layer_tokens(plan: Plan, *, masked: bool) -> list[int]:
                 seq_len=plan.seq_len,
                 autocast=plan.autocast,
                 dora_dropout=plan.lora_dropout > 0,
+                tiled_mlp=plan.tiled_mlp,
+                norm_recompute=plan.norm_recompute,
             )
         out.append(cache[targeted])
     return out

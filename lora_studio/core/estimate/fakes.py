@@ -119,6 +119,11 @@ def cuda_kernels(*, packing: bool = False) -> Iterator[None]:
       heads. A real run without packing builds no mask, so report "no packed sequences".
     - LLM.int8: bitsandbytes trains with ``MatMul8bitLt`` on CUDA but ``MatMul8bitFp`` on CPU;
       use the CUDA one.
+    - Autocast: the simulation stands CPU autocast in for CUDA's, but code asking
+      ``torch.is_autocast_enabled()`` without a device asks about CUDA's. peft does, to decide
+      whether to cast a LoRA input to the adapter's fp32 (a GPU run under autocast keeps the
+      16-bit input; answering "no" here made each adapted input cost 7 bytes instead of 3). The
+      no-argument form answers for CPU autocast.
     """
     import torch
     from transformers import masking_utils
@@ -146,7 +151,13 @@ def cuda_kernels(*, packing: bool = False) -> Iterator[None]:
             return torch.native_dropout(input, p, True)[0]
         return original_dropout(input, p, training, inplace)
 
+    original_enabled = torch.is_autocast_enabled
+
+    def is_autocast_enabled(*args: Any) -> bool:
+        return original_enabled(*args) if args else original_enabled("cpu")
+
     torch.nn.functional.dropout = dropout
+    torch.is_autocast_enabled = is_autocast_enabled
     bnb.matmul = matmul
     if not packing:
         masking_utils.find_packed_sequence_indices = lambda position_ids: None
@@ -154,6 +165,7 @@ def cuda_kernels(*, packing: bool = False) -> Iterator[None]:
         yield
     finally:
         torch.nn.functional.dropout = original_dropout
+        torch.is_autocast_enabled = original_enabled
         bnb.matmul = original_matmul
         masking_utils.find_packed_sequence_indices = original_packed
 
@@ -239,7 +251,7 @@ def _log_prob_entropy_class() -> Any:
     return LogProbEntropy
 
 
-def _tracker_class() -> type:
+def _tracker_class(composition: bool = False) -> type:
     from torch.distributed._tools.mem_tracker import MemTracker
 
     class Tracker(MemTracker):
@@ -286,7 +298,106 @@ def _tracker_class() -> type:
         def _track_grad(self, param: Any) -> None:
             self._update_and_maybe_create_winfos(param.grad, _grad_type())
 
-    return Tracker
+    class CompositionTracker(Tracker):
+        """Also says what is alive at the peak: each live storage labelled by where it was made.
+
+        A label is the innermost module (decoder layer numbers folded to ``*``), the op, and the
+        phase (forward, recompute = a checkpoint's rerun in backward, backward). The composition is
+        re-taken whenever the peak grows by more than ``COMPOSITION_STEP``, so it describes a
+        moment within that fraction of the reported peak (taking it at every new peak would walk
+        every live tensor on every op).
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.labels: dict[int, str] = {}
+            self.composition: dict[str, int] = {}
+            self.composition_total = 0
+            self._op = "?"
+            self._names: dict[int, str] = {}
+            self._stack: list[str] = []
+            self._handles: list[Any] = []
+
+        def track_external(self, *external: Any) -> None:
+            import torch
+
+            super().track_external(*external)
+            for obj in external:
+                if isinstance(obj, torch.nn.Module):
+                    for name, module in obj.named_modules():
+                        self._names[id(module)] = name
+
+        def __enter__(self) -> Any:
+            # our own module stack: torch's ModTracker does not re-enter modules in a
+            # checkpoint's recompute, where most of a checkpointed step's peak is made
+            from torch.nn.modules.module import (
+                register_module_forward_hook,
+                register_module_forward_pre_hook,
+            )
+
+            def push(module: Any, _args: Any) -> None:
+                self._stack.append(self._names.get(id(module), type(module).__name__))
+
+            def pop(module: Any, _args: Any, _out: Any) -> None:
+                if self._stack:
+                    self._stack.pop()
+
+            self._handles = [register_module_forward_pre_hook(push), register_module_forward_hook(pop)]
+            return super().__enter__()
+
+        def __exit__(self, *args: Any) -> None:
+            for handle in self._handles:
+                handle.remove()
+            super().__exit__(*args)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            self._op = str(func.overloadpacket.__name__)
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+        def _track(self, reftype: Any, t: Any) -> None:
+            from torch.distributed._tools.common_utils import get_untyped_storages
+
+            new = [st for st in get_untyped_storages(t) if self._WINFO.get(st, (None, None))[0] is None]
+            super()._track(reftype, t)
+            if new:
+                label = self._label(reftype)
+                for st in new:
+                    winfo = self._WINFO.get(st, (None, None))[0]
+                    if winfo is not None:
+                        self.labels[id(winfo)] = label
+
+        def _label(self, reftype: Any) -> str:
+            import re
+
+            inner = self._stack[-1] if self._stack else "-"
+            inner = re.sub(r"\.(\d+)(?=\.|$)", ".*", inner)
+            inner = inner.replace("base_model.model.", "")
+            backward = self._mod_tracker.is_bw
+            phase = "recompute" if backward and self._stack else ("backward" if backward else "forward")
+            kind = getattr(reftype, "value", str(reftype))
+            return f"{kind} | {phase} | {inner} | {self._op}"
+
+        def _update_peak_stats(self, peak_state: Any) -> None:
+            from torch.distributed._tools.mem_tracker import _TOTAL_KEY
+
+            super()._update_peak_stats(peak_state)
+            total = sum(snap[_TOTAL_KEY] for snap in self._curr_mem_snap.values())
+            if total > self.composition_total * (1 + COMPOSITION_STEP):
+                self.composition_total = total
+                self.composition = self._live()
+
+        def _live(self) -> dict[str, int]:
+            out: dict[str, int] = {}
+            for winfo, _ in list(self._WINFO.values()):
+                if winfo.mem_consumed <= 0:
+                    continue
+                label = self.labels.get(id(winfo))
+                if label is None:
+                    label = f"{getattr(winfo.reftype, 'value', winfo.reftype)} | - | - | -"
+                out[label] = out.get(label, 0) + winfo.mem_consumed
+            return out
+
+    return CompositionTracker if composition else Tracker
 
 
 def _grad_type() -> Any:
@@ -295,5 +406,10 @@ def _grad_type() -> Any:
     return _MemRefType.GRAD
 
 
-def new_tracker() -> Any:
-    return _tracker_class()()
+#: See ``CompositionTracker``: the composition is re-taken when the peak grows by this fraction.
+COMPOSITION_STEP = 0.002
+
+
+def new_tracker(*, composition: bool = False) -> Any:
+    """A MemTracker for fake-tensor steps; ``composition`` also records what is alive at the peak."""
+    return _tracker_class(composition)()

@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 from lora_studio.core.errors import ConfigError
 from lora_studio.core.estimate.advice import estimate_memory
 from lora_studio.core.estimate.fakes import cached_code_books, cuda_kernels, materialise, new_tracker
-from lora_studio.core.estimate.request import METHOD_NAMES, EstimateRequest, MemoryEstimate, Plan, plan_for
+from lora_studio.core.estimate.request import (
+    CHUNKED_ATTENTION,
+    METHOD_NAMES,
+    EstimateRequest,
+    MemoryEstimate,
+    Plan,
+)
+from lora_studio.core.estimate.savers import plan_for
 
 if TYPE_CHECKING:
     import torch
@@ -145,12 +152,20 @@ def estimate_precise(
     )
 
 
-def simulate_step(plan: Plan, *, layers: int, adapter_dtype: torch.dtype | None = None) -> dict[str, int]:
+def simulate_step(
+    plan: Plan,
+    *,
+    layers: int,
+    adapter_dtype: torch.dtype | None = None,
+    composition: dict[str, int] | None = None,
+) -> dict[str, int]:
     """Peak bytes by category of a steady-state training step of ``plan`` with ``layers`` decoder layers.
 
     ``adapter_dtype`` casts the trainable adapter weights (and so their gradients and optimizer
     states) after they are built: the engine keeps them in fp32, as peft makes them, but TRL's own
     QLoRA path casts them to bf16 — ``bench/preference_memory.py`` simulates that path with it.
+    ``composition``, when given, is filled with what is alive at the peak, by label (see
+    ``fakes.CompositionTracker``): ``bench/memory.py --composition`` prints it.
     """
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -201,11 +216,13 @@ def simulate_step(plan: Plan, *, layers: int, adapter_dtype: torch.dtype | None 
                 param.grad = torch.zeros_like(param)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            tracker = new_tracker()
+            tracker = new_tracker(composition=composition is not None)
             tracker.track_external(model, optimizer, *inputs, *extra)
             with tracker, _free_dora_weight_graphs(model):
                 step()
             snapshot = tracker.get_tracker_snapshot("peak")
+            if composition is not None:
+                composition.update(tracker.composition)
     per_device = next(iter(snapshot.values()))
     out = dict.fromkeys(CATEGORIES, 0)
     for key, value in per_device.items():
@@ -257,6 +274,10 @@ def build_training_model(plan: Plan, *, layers: int | None = None) -> Any:
         text.num_hidden_layers = layers
         if getattr(text, "layer_types", None):
             text.layer_types = list(text.layer_types)[:layers]
+    if plan.shape.attention == CHUNKED_ATTENTION:
+        from lora_studio.core.train.attention import register_chunked_attention
+
+        register_chunked_attention()
     config._attn_implementation = plan.shape.attention
     config.use_cache = False
     dtype = plan.torch_dtype
@@ -300,6 +321,9 @@ def build_training_model(plan: Plan, *, layers: int | None = None) -> Any:
         if plan.reference_adapter:  # TRL's frozen copy of the starting adapter, DPO's/KTO's reference
             model.add_adapter("ref", lora)
             model.set_adapter("default")
+    from lora_studio.core.train.long_context import Savers, apply_savers
+
+    apply_savers(model, Savers(tiled_mlp=plan.tiled_mlp, norm_recompute=plan.norm_recompute))
     model.train()
     return model
 

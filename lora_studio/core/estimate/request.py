@@ -71,7 +71,12 @@ class EstimateRequest:
     trust_remote_code: bool = default("model.trust_remote_code")
     lean_kbit_prep: bool = default("model.lean_kbit_prep")
     chunked_loss: bool = default("training.chunked_loss")
-    checkpoint_offload: bool = default("training.checkpoint_offload")
+    #: The long-context savers: "auto" | "on" | "off" (True/False are read as on/off). "auto" is
+    #: resolved by ``plan_for``: on only when the estimate without it does not fit ``vram_bytes``.
+    checkpoint_offload: str | bool = default("training.checkpoint_offload")
+    tiled_mlp: str | bool = default("training.tiled_mlp")
+    norm_recompute: str | bool = default("training.norm_recompute")
+    chunked_attention: str | bool = default("training.chunked_attention")
     method: str = default("training.method")
     #: DPO/KTO only: the reference is base + a frozen copy of the adapter the run starts from
     #: (``preference.init_adapter``, or PiSSA/OLoRA's starting adapter), not the bare base.
@@ -101,6 +106,9 @@ class EstimateRequest:
             lean_kbit_prep=config.model.lean_kbit_prep,
             chunked_loss=config.training.chunked_loss,
             checkpoint_offload=config.training.checkpoint_offload,
+            tiled_mlp=config.training.tiled_mlp,
+            norm_recompute=config.training.norm_recompute,
+            chunked_attention=config.training.chunked_attention,
             method=config.training.method,
             # as core/train/trainer.reference_needs_adapter decides (it imports torch; this may not)
             reference_adapter=config.training.method in REFERENCE_METHODS
@@ -134,6 +142,26 @@ class Plan:
     checkpoint_offload: bool = False
     method: str = "sft"
     reference_adapter: bool = False
+    tiled_mlp: bool = False
+    norm_recompute: bool = False
+    chunked_attention: bool = False
+    #: The savers "auto" turned on because the run would not fit without them (in SAVERS order).
+    auto_savers: tuple[str, ...] = ()
+    #: The savers set to "auto" that apply to this plan (on or not): a longer sequence would turn
+    #: them on as needed.
+    auto_allowed: tuple[str, ...] = ()
+    #: Every saver set to "auto", whether it applies to this plan or not: a larger batch can make
+    #: one apply (chunked attention, once padded rows need a mask).
+    auto_settings: tuple[str, ...] = ()
+    #: The model's own attention implementation ("sdpa" or "eager"), whatever chunked attention did.
+    native_attention: str = "sdpa"
+
+    @property
+    def masked(self) -> bool:
+        """Whether transformers builds a seq × seq attention mask: padded batches, packing, long
+        sliding windows."""
+        window = self.shape.sliding_window
+        return self.rows > 1 or self.packing or bool(window and self.seq_len > window)
 
     @property
     def rows(self) -> int:
@@ -184,6 +212,11 @@ class Plan:
         return self.checkpoint_offload and self.gradient_checkpointing and self.device == "cuda"
 
     @property
+    def savers(self) -> list[str]:
+        """The long-context savers this plan uses, as a person reads them."""
+        return [SAVER_NAMES[name] for name in SAVERS if getattr(self, name) and _saver_applies(self, name)]
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         import torch
 
@@ -232,13 +265,63 @@ class MemoryEstimate:
         }
 
 
+#: The long-context savers with an "auto" setting, in the order "auto" turns them on: cheapest in
+#: time per byte saved first (chunked attention removes an eager model's seq² scores for one more
+#: attention forward; a norm's recompute is a few elementwise ops; offloaded copies overlap with
+#: compute on a GPU; a tiled MLP reruns the MLP's forward).
+SAVERS = ("chunked_attention", "norm_recompute", "checkpoint_offload", "tiled_mlp")
+SAVER_NAMES = {
+    "chunked_attention": "chunked attention",
+    "norm_recompute": "norm recompute",
+    "checkpoint_offload": "offloaded checkpoints",
+    "tiled_mlp": "tiled MLP",
+}
+
+
+#: transformers' attention implementation name of ``core/train/attention.py``'s chunked attention.
+CHUNKED_ATTENTION = "lora_studio_chunked"
+
+
+def with_savers(plan: Plan, names: tuple[str, ...] | list[str], on: bool = True) -> Plan:
+    """``plan`` with these savers on (or off), those that apply to it.
+
+    Chunked attention also changes the model's attention implementation (``shape.attention``),
+    which is what the arithmetic and precise mode read."""
+    changes = {name: on for name in names if _saver_applies(plan, name)}
+    if "chunked_attention" in changes:
+        attention = CHUNKED_ATTENTION if on else plan.native_attention
+        changes["shape"] = replace(plan.shape, attention=attention)  # type: ignore[assignment]
+    return replace(plan, **changes)
+
+
+def _saver_applies(plan: Plan, name: str) -> bool:
+    """Offloading moves checkpointed layer inputs to the host: only with checkpointing, on a GPU.
+    Chunked attention replaces what would hold seq × seq values: eager attention's scores, or the
+    mask SDPA is given for padded or packed rows."""
+    if name == "chunked_attention":
+        return plan.native_attention == "eager" or plan.masked
+    return name != "checkpoint_offload" or (plan.gradient_checkpointing and plan.device == "cuda")
+
+
+def saver_setting(value: str | bool, field_name: str) -> str:
+    """A saver's setting as "auto" | "on" | "off" (True/False, as older callers pass, are on/off)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    _choice(field_name, value, ("auto", "on", "off"))
+    return value
+
+
 def _choice(field_name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError({field_name: f"must be one of {', '.join(choices)}, not {value!r}"})
 
 
-def plan_for(req: EstimateRequest) -> Plan:
-    """Validate a request and resolve what the engine would do (raises ConfigError / ModelSourceError)."""
+def base_plan(req: EstimateRequest) -> tuple[Plan, dict[str, str]]:
+    """Validate a request and resolve what the engine would do, savers as set; and the savers'
+    settings ("auto" | "on" | "off"), which ``estimate.savers.plan_for`` decides.
+
+    Raises ConfigError / ModelSourceError.
+    """
     _choice("quantization", req.quantization, QUANTIZATIONS)
     _choice("compute_dtype", req.compute_dtype, COMPUTE_DTYPES)
     _choice("optimizer", req.optimizer, OPTIMIZERS)
@@ -262,11 +345,19 @@ def plan_for(req: EstimateRequest) -> Plan:
         problems["batch_size"] = (
             "KTO needs at least 2: its KL term pairs each prompt with another row's answer in the batch"
         )
+    settings = {}
+    for name in SAVERS:
+        try:
+            settings[name] = saver_setting(getattr(req, name), name)
+        except ConfigError as exc:
+            problems.update(exc.problems)
+    if settings.get("checkpoint_offload") == "on" and not req.gradient_checkpointing:
+        problems["checkpoint_offload"] = "'on' needs gradient_checkpointing turned on (or use 'auto')"
     if problems:
         raise ConfigError(problems)
     shape = model_shape(req.model, trust_remote_code=req.trust_remote_code)
     dtype_name = _dtype_name(req)
-    return Plan(
+    plan = Plan(
         shape=shape,
         quantization=req.quantization,
         double_quant=req.double_quant,
@@ -286,10 +377,11 @@ def plan_for(req: EstimateRequest) -> Plan:
         device=req.device,
         lean_kbit_prep=req.lean_kbit_prep,
         chunked_loss=req.chunked_loss,
-        checkpoint_offload=req.checkpoint_offload,
         method=req.method,
         reference_adapter=req.reference_adapter and req.method in REFERENCE_METHODS,
+        native_attention=shape.attention,
     )
+    return plan, settings
 
 
 def _dtype_name(req: EstimateRequest) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from math import ceil
 
 from lora_studio.core.estimate.model import ModelShape, Module
+from lora_studio.core.estimate.request import CHUNKED_ATTENTION
 
 #: bitsandbytes 4-bit: one absmax per 64 weights; double quant re-quantizes absmax in blocks of 256.
 BLOCK_4BIT = 64
@@ -31,6 +32,13 @@ OPTIM_8BIT_MAPS = 2 * 256 * 4
 #: width. Fitted to precise mode on llama shapes (bf16 and NF4, dropout on/off); docs/memory.md.
 LAYER_TEMP_PER_MLP = 6.0
 LAYER_TEMP_PER_HIDDEN = 8.0
+#: With tiled MLP and recomputed norms (``long_context``): the residual stream's gradients that
+#: one layer's backward holds at once, bytes per hidden element per token (precise mode: the
+#: incoming and outgoing gradients and the tile outputs' concatenation, 16-bit each).
+SAVER_TEMP_PER_HIDDEN = 6.0
+#: One MLP tile's peak, bytes per 16-bit intermediate element of the tile (precise mode: gate,
+#: up, activation and product kept for the tile's backward, plus the gradients being formed).
+MLP_TILE_PER_MLP = 12.0
 #: One decoder layer's forward without a graph (a preference method's reference forward), per
 #: token and per byte of the residual stream: at its widest (the gated MLP's product) the
 #: activation, the up projection and their product, plus the layer's input, its normed copy and
@@ -125,8 +133,15 @@ def layer_saved_per_token(
     seq_len: int,
     autocast: bool = False,
     dora_dropout: bool | None = None,
+    tiled_mlp: bool = False,
+    norm_recompute: bool = False,
 ) -> int:
     """Bytes autograd keeps per token for one decoder layer (no checkpointing).
+
+    With the long-context savers (``core/train/long_context.py``): a tiled MLP keeps, per token,
+    only its 16-bit input (the post-attention norm's output) — its intermediates and its adapters'
+    inputs exist for one tile (``mlp_tile_bytes``); recomputed norms keep their 16-bit output for
+    the next matmul instead of an fp32 copy of their input.
 
     ``stream`` is the residual stream's bytes per element: 4 when compute is fp32 or when
     ``prepare_model_for_kbit_training`` made the norms fp32, else 2. ``targeted`` holds the leaf
@@ -145,8 +160,10 @@ def layer_saved_per_token(
     layer = shape.layer
     h, inter, d = shape.hidden, shape.intermediate, shape.head_dim
     qd, kvd = shape.heads * d, shape.kv_heads * d
-    total = layer.hidden_norms * (4 * h + 4)  # RMSNorm saves its fp32 input and 1/rms per token
-    if layer.qk_norm:
+    # RMSNorm saves its fp32 input and 1/rms per token; recomputed, only its output is kept (by
+    # what reads it: the matmuls, the next tile)
+    total = layer.hidden_norms * (stream * h if norm_recompute else 4 * h + 4)
+    if layer.qk_norm and not norm_recompute:
         total += 4 * (qd + kvd) + 4 * (shape.heads + shape.kv_heads)
     if shape.attention == "eager":
         # q and the repeated k/v heads for the two matmuls; fp32 softmax output and its cast copy
@@ -154,6 +171,10 @@ def layer_saved_per_token(
         total += 3 * stream * qd
         scores = (4 + stream + (stream if shape.attn_softcap else 0)) * shape.heads * seq_len
         total += scores
+    elif shape.attention == CHUNKED_ATTENTION:
+        # chunked attention (core/train/attention.py): each block of queries is checkpointed, so
+        # per token only q, k, v (not repeated) and the output; masks are per block, from 2D
+        total += stream * qd + 2 * stream * kvd + stream * qd
     else:
         kv_width = qd if masked else kvd  # with a mask, transformers repeats k/v heads for sdpa
         v_bytes = stream * kv_width
@@ -162,8 +183,11 @@ def layer_saved_per_token(
         total += stream * qd + stream * kv_width + v_bytes + stream * qd + 4 * shape.heads
         if masked:  # sdpa turns the boolean mask into an additive one per call and saves it
             total += stream * seq_len  # (batch × seq × seq) per layer = seq bytes × stream per token
-    total += (3 if layer.gated_mlp else 1) * stream * inter
+    if not tiled_mlp:
+        total += (3 if layer.gated_mlp else 1) * stream * inter
     for key, width, leaves in layer.groups:
+        if tiled_mlp and key.startswith("mlp"):
+            continue  # inside the tiles
         adapters = sum(1 for leaf in leaves if leaf in targeted)
         # o_proj reads the sdpa output, which sdpa saves itself (eager's output is a fresh copy)
         already_kept = key == "attn_out" and shape.attention != "eager"
@@ -248,9 +272,11 @@ def dora_forward_temp_bytes(
     return max((one(m) for m in modules if not m.embedding), default=0)
 
 
-def outside_saved_bytes(shape: ModelShape, *, tokens: int, seq_len: int, stream: int, masks: int) -> int:
+def outside_saved_bytes(
+    shape: ModelShape, *, tokens: int, seq_len: int, stream: int, masks: int, norm_recompute: bool = False
+) -> int:
     """Saved tensors outside the decoder layers: final norm, RoPE cos/sin, boolean attention masks."""
-    final_norm = tokens * (4 * shape.hidden + 4)
+    final_norm = tokens * (stream * shape.hidden if norm_recompute else 4 * shape.hidden + 4)
     rope = 2 * seq_len * shape.head_dim * stream
     return final_norm + rope + masks
 
@@ -270,14 +296,40 @@ def logits_peak_bytes(shape: ModelShape, *, tokens: int, head_bytes: int, softca
     return tokens * shape.vocab * max(forward, backward)
 
 
-def layer_backward_temp_bytes(shape: ModelShape, *, tokens: int) -> int:
+def attention_block_bytes(shape: ModelShape, *, rows: int, seq_len: int, stream: int) -> int:
+    """One block of chunked attention's recompute and backward: its scores, fp32 softmax, the
+    soft-capped copy and their gradients, for ``CHUNK_SCORE_ELEMENTS`` score elements at most."""
+    from lora_studio.core.train.attention import CHUNK_SCORE_ELEMENTS
+
+    elements = min(CHUNK_SCORE_ELEMENTS, rows * shape.heads * seq_len * seq_len)
+    per_element = 4 + 2 * stream + (stream if shape.attn_softcap else 0)
+    return elements * per_element
+
+
+def layer_backward_temp_bytes(
+    shape: ModelShape, *, tokens: int, tiled_mlp: bool = False, norm_recompute: bool = False
+) -> int:
     """Transient buffers while one decoder layer runs backward (gradients of its activations).
 
     Only matters when it outgrows the loss phase: with gradient checkpointing and a small
-    vocabulary, or at short sequences with a wide MLP.
+    vocabulary, or at short sequences with a wide MLP. With the long-context savers the MLP's
+    and the norms' gradients exist for one tile at a time; what grows with the sequence is the
+    residual stream's gradients (``SAVER_TEMP_PER_HIDDEN``).
     """
-    per_token = LAYER_TEMP_PER_MLP * shape.intermediate + LAYER_TEMP_PER_HIDDEN * shape.hidden
-    return round(tokens * per_token)
+    if tiled_mlp and norm_recompute:
+        return round(tokens * SAVER_TEMP_PER_HIDDEN * shape.hidden)
+    mlp = 0.0 if tiled_mlp else LAYER_TEMP_PER_MLP * shape.intermediate
+    return round(tokens * (mlp + LAYER_TEMP_PER_HIDDEN * shape.hidden))
+
+
+def mlp_tile_bytes(shape: ModelShape, *, tokens: int, stream: int, adapters: int, dropout: bool) -> int:
+    """One MLP tile's recompute and backward: its intermediates, its adapters' inputs, their
+    gradients (``MLP_TILE_PER_MLP`` bytes per intermediate element of the tile)."""
+    from lora_studio.core.train.long_context import mlp_tile_tokens
+
+    tile = min(tokens, mlp_tile_tokens(shape.intermediate))
+    per_token = MLP_TILE_PER_MLP * shape.intermediate + (3 if dropout else 0) * adapters * shape.hidden
+    return round(tile * per_token * stream / 2)
 
 
 def fused_head_bytes(

@@ -33,6 +33,7 @@ from lora_studio.core.faults import FaultSpec, parse_faults
 from lora_studio.core.runs import LIVE_STATES, RunFolder, replace_dir
 from lora_studio.core.train import events as ev
 from lora_studio.core.train.distributed import World
+from lora_studio.core.train.long_context import SaverDecider
 from lora_studio.core.train.shared import SharedModel
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,16 @@ def train(
     runs_root: Path | None = None,
     faults: FaultSpec = None,
     shared_model: SharedModel | None = None,
+    decide_savers: SaverDecider | None = None,
 ) -> RunResult:
     """Train a new run. Raises the project's own errors; the run folder (if any) records them too.
 
     ``pause``, while set, holds training at the next step boundary (the model is then lent to chat
-    through ``shared_model``); clearing it continues with no step lost. ``faults`` is a test seam
-    only (``core/faults.py``): it makes the run fail where real runs fail; users never set it.
+    through ``shared_model``); clearing it continues with no step lost. ``decide_savers``
+    (``estimate.decide_savers``, which the engine cannot import: the estimate sits above it)
+    decides the config's "auto" memory savers; without it they stay off and the run's log says so.
+    ``faults`` is a test seam only (``core/faults.py``): it makes the run fail where real runs
+    fail; users never set it.
     """
     return _run_and_release(
         TrainingRun(
@@ -87,6 +92,7 @@ def train(
             runs_root=runs_root,
             faults=faults,
             shared_model=shared_model,
+            decide_savers=decide_savers,
         )
     )
 
@@ -99,8 +105,10 @@ def resume(
     pause: threading.Event | None = None,
     faults: FaultSpec = None,
     shared_model: SharedModel | None = None,
+    decide_savers: SaverDecider | None = None,
 ) -> RunResult:
-    """Continue a cancelled, failed or interrupted run from its last complete checkpoint."""
+    """Continue a cancelled, failed or interrupted run from its last complete checkpoint
+    (``decide_savers`` as for :func:`train`: decided again, for the device it continues on)."""
     folder = RunFolder.open(run_dir)
     state = folder.status().get("state")
     if state in LIVE_STATES:
@@ -121,6 +129,7 @@ def resume(
             faults=faults,
             resume_folder=folder,
             shared_model=shared_model,
+            decide_savers=decide_savers,
         )
     )
 
@@ -159,8 +168,10 @@ class TrainingRun:
         faults: FaultSpec = None,
         resume_folder: RunFolder | None = None,
         shared_model: SharedModel | None = None,
+        decide_savers: SaverDecider | None = None,
     ) -> None:
         self.config = config
+        self.decide_savers = decide_savers
         self._listener = listener
         self.cancel = cancel or threading.Event()
         self.pause = pause or threading.Event()
@@ -175,6 +186,7 @@ class TrainingRun:
         self.world = World(0, 1, 0)
         self.model: Any = None
         self.four_bit: Any = None  # FourBitLayout: 4-bit weights put back in training layout each step
+        self.savers: Any = None  # long_context.Savers: resolved from the config's auto/on/off
         self.tokenizer: Any = None
         self.initial_adapter: Path | None = None  # preference.init_adapter, found and checked
         self.lock = threading.Lock()  # held while the model trains a step; chat takes it to generate
@@ -285,6 +297,11 @@ class TrainingRun:
             # converted back into a plain LoRA for the unmodified base (export, chat, sharing)
             self.model.save_pretrained(self._initial_adapter)
         self.model.config.use_cache = False  # a KV cache breaks padding-free packing (DESIGN.md §2)
+        from lora_studio.core.train.long_context import apply_savers, fixed_savers
+
+        self.savers, line = (self.decide_savers or fixed_savers)(cfg, self.device)
+        apply_savers(self.model, self.savers)
+        self.emit(ev.Phase("memory savers", line))
         # after wrapping: PiSSA/OLoRA replace 4-bit base weights; samples and paused-run chat repack them
         self.four_bit = FourBitLayout(self.model)
         self.shared_model.lend(self.model, self.tokenizer, self.lock)

@@ -120,12 +120,17 @@ def chunked_forward_loss(
 
 
 def offload_context(enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """Saved tensors of the forward (the checkpointed layer inputs) go to host memory."""
+    """Saved tensors of the forward (the checkpointed layer inputs) go to host memory.
+
+    An ``offload.Offloader``: unlike ``save_on_cpu`` its copies run on a side stream and overlap with
+    compute (the way back is prefetched a layer ahead), parameters and small tensors stay put, and
+    the pinned buffers are reused from step to step. A no-op when disabled.
+    """
     if not enabled:
         return contextlib.nullcontext()
-    import torch
+    from lora_studio.core.train.offload import Offloader
 
-    return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+    return Offloader()
 
 
 def lean_kbit_preparation(model: Any, *, gradient_checkpointing: bool) -> Any:

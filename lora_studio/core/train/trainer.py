@@ -316,7 +316,8 @@ class _StudioMixin:
         chunked = (
             t.chunked_loss and not return_outputs and not self._run.world.distributed and "labels" in inputs
         )
-        with offload_context(t.checkpoint_offload and t.gradient_checkpointing and model.training):
+        savers = self._run.savers
+        with offload_context(bool(savers and savers.offload) and model.training):
             if chunked:
                 # The decoder is called directly, outside accelerate's autocast wrapper of
                 # model.forward: apply the same mixed precision, as the standard loss gets it.

@@ -68,7 +68,12 @@ def build_form(state: AppState) -> list[QWidget]:
     state.config_changed.connect(batch_unit)
     batch_unit(state.config)
     form.add_field("training.grad_accum", "Accumulate gradients", unit="steps", minimum=1, maximum=65536)
-    form.add_field("training.gradient_checkpointing", "Gradient checkpointing (less memory, slower)")
+    form.add_field(
+        "training.gradient_checkpointing",
+        "Gradient checkpointing (less memory, slower)",
+        # offloading "on" needs checkpointing: turning it off hands the choice back to "auto"
+        also=lambda on: {} if on else {"training.checkpoint_offload": "auto"},
+    )
     batch.add(form)
 
     optimizer = Card("Optimizer")
