@@ -61,6 +61,47 @@ EXTRA = [
         {"optimizer": "paged_adamw_8bit", "lean_kbit_prep": False, "quantization": "nf4", "batch_size": 1},
     ),
 ]
+#: The long-context savers, forced on (their "auto" needs the device's memory, which these requests
+#: leave unknown): a long Llama row, padded SDPA rows (chunked attention replaces the mask), and an
+#: eager-only model (chunked attention replaces the scores).
+_SAVERS_ON = {
+    "tiled_mlp": "on",
+    "norm_recompute": "on",
+    "checkpoint_offload": "on",
+    "chunked_attention": "on",
+}
+EXTRA += [
+    (
+        "Llama-3.1-8B",
+        {
+            "quantization": "nf4",
+            "gradient_checkpointing": True,
+            "batch_size": 1,
+            "seq_len": 8192,
+            **_SAVERS_ON,
+        },
+    ),
+    (
+        "Qwen2.5-7B",
+        {
+            "quantization": "nf4",
+            "gradient_checkpointing": True,
+            "batch_size": 2,
+            "seq_len": 2048,
+            **_SAVERS_ON,
+        },
+    ),
+    (
+        "gemma-2-2b",
+        {
+            "quantization": "nf4",
+            "gradient_checkpointing": True,
+            "batch_size": 1,
+            "seq_len": 4096,
+            **_SAVERS_ON,
+        },
+    ),
+]
 
 
 #: The preference methods, one per catalog architecture in turn (``preference_cases``).
@@ -87,6 +128,8 @@ def short(settings: dict[str, Any]) -> str:
         parts.append("full-loss")
     if "optimizer" in settings:
         parts.append(settings["optimizer"])
+    if settings.get("tiled_mlp") == "on":
+        parts.append("savers on")
     return " ".join(parts)
 
 
@@ -98,7 +141,10 @@ def precise_row(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     from lora_studio.core.estimate import EstimateRequest, estimate_precise
 
     start = time.perf_counter()
-    precise = estimate_precise(EstimateRequest(f"catalog:{name}", **settings), layers=PRECISE_LAYERS)
+    # with offloaded checkpoints the layer inputs leave the GPU, so a lone layer peaks differently
+    # from one of many: those rows simulate 2 and 4 layers, as bench/memory.py does
+    layers = 2 * PRECISE_LAYERS if settings.get("checkpoint_offload") == "on" else PRECISE_LAYERS
+    precise = estimate_precise(EstimateRequest(f"catalog:{name}", **settings), layers=layers)
     analytic = precise.analytic.total_bytes - precise.analytic.bytes["overhead"]
     return {
         "model": name,

@@ -117,9 +117,24 @@ def _memory(r: dict[str, Any]) -> Judged:
     t = r["targets"]
     measured = (
         f"peak ratio {t['peak ours/standard at 2k tokens (max over settings)']:.2f}; "
-        f"12 GB longest ratio {t['longest on 12 GB, ours/standard (min over models)']:.1f}"
+        f"12 GB longest ratio {t['longest on 12 GB, ours/standard (min over models)']:.1f}; "
+        "longest vs Unsloth "
+        + ", ".join(f"{row['card']} {row['ours']:,}/{row['Unsloth']:,}" for row in r["published"])
     )
-    return "peak <= 0.6x standard; longest >= 8x on 12 GB", measured, all(r["met"].values())
+    return (
+        "peak <= 0.6x standard; longest >= 8x on 12 GB; longest >= Unsloth's at every card",
+        measured,
+        all(r["met"].values()),
+    )
+
+
+def _long_context_cost(r: dict[str, Any]) -> Judged:
+    measured = "; ".join(
+        f"{row['seq']}: auto {row['auto / off']:.3f}, on {row['on / off']:.2f}, + chunked attention "
+        f"{row['all / off']:.2f}"
+        for row in r["rows"]
+    )
+    return "savers left at auto cost <= 5% (ratios to off)", measured, r["met"]
 
 
 def _preference_memory(r: dict[str, Any]) -> Judged:
@@ -159,6 +174,7 @@ BENCHES = [
     Bench("estimator_speed", _estimator_speed),
     Bench("estimate_accuracy", _estimate_accuracy, quick=False),
     Bench("memory", _memory, quick=False, optional=True),
+    Bench("long_context_cost", _long_context_cost),
     Bench("memory_cuda", lambda r: ("see its table", "", None), quick=False, optional=True),
     Bench("preference_memory", _preference_memory, quick=False, optional=True),
     Bench("preference_throughput", _preference_throughput),

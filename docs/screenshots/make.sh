@@ -9,7 +9,7 @@
 # the reviews classification demo, evaluates it against the base model, then renders every page:
 # the Train, Chat and Export pages on the first demo run, the Evaluate page on the reviews run; and
 # the preference demo (`train --demo dpo`, evaluated against the base) for train-dpo.png and
-# data-dpo.png.
+# data-dpo.png; and memory-long-context.png (the Model page estimating an 8B model at 22k tokens).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs="${1:-$(mktemp -d)}"
@@ -40,4 +40,5 @@ preference=$(mktemp -d)
 cp "$preference/train.png" "$out/train-dpo.png"
 cp "$preference/data.png" "$out/data-dpo.png"
 rm -rf "$preference"
+.venv/bin/python -m lora_studio.gui.screenshots "$out" --long-context 22000
 echo "written: $out/*.png (look at them before committing)"

@@ -186,6 +186,36 @@ def render(
     return written
 
 
+def render_long_context(outdir: Path, seq: int, theme: str, gpu: str = "RTX 3060") -> Path:
+    """The Model page estimating Llama-3.1-8B QLoRA r32 at ``seq`` tokens against a 12 GB card
+    (docs/memory.md): the long-context savers that "auto" turns on, and the longest length."""
+    from lora_studio.core.config import RunConfig
+    from lora_studio.gui.app import MainWindow, create_app, settings
+    from lora_studio.gui.widgets.memory_panel import MemoryPanel
+
+    app = create_app()
+    window = MainWindow(store=settings())
+    window.set_theme_mode(theme)
+    config = RunConfig().with_overrides({
+        "model.quantization": "nf4", "lora.r": 32, "lora.alpha": 32, "data.max_seq_len": seq,
+        "training.batch_size": 1, "training.gradient_checkpointing": True,
+    })  # fmt: skip
+    window.state.replace(config)
+    window.resize(*SIZE)
+    window.show()
+    wait_idle(app, window)
+    window.show_page("model")
+    panel = window.findChildren(MemoryPanel)[0]
+    panel.select_gpu(gpu)
+    panel.model.setCurrentIndex(panel.model.findData("catalog:Llama-3.1-8B"))
+    wait_idle(app, window)
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = capture(app, window, outdir / "memory-long-context.png")
+    window.save_settings = lambda: None  # type: ignore[method-assign]
+    window.close()
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outdir", type=Path)
@@ -207,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--offscreen", action="store_true", help="render with grab() instead of real windows (no Xvfb needed)"
     )
+    parser.add_argument(
+        "--long-context",
+        type=int,
+        metavar="TOKENS",
+        help="only memory-long-context.png: the Model page estimating Llama-3.1-8B QLoRA at TOKENS on 12 GB",
+    )
     args = parser.parse_args(argv)
     global _display
     from lora_studio.gui import xserver
@@ -225,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["LORA_STUDIO_SETTINGS"] = str(work / "settings.ini")
     os.environ["LORA_STUDIO_RUNS_DIR"] = str(work / "runs")
     try:
+        if args.long_context:
+            print(render_long_context(args.outdir, args.long_context, args.theme))
+            return 0
         model = args.model
         run_dir = None
         if args.run:
