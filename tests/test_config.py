@@ -142,6 +142,8 @@ def test_a_config_from_before_preference_tuning_reads_without_notes_about_it(tmp
     data = tomllib.loads(RunConfig().to_toml())
     del data["preference"]
     del data["training"]["method"]
+    for added_later in ("role_map", "positive_only"):  # the data settings of #25, off by default
+        data["data"].pop(added_later, None)
     path = tmp_path / "old.toml"
     path.write_text(tomli_w.dumps(data))
     config, notes = RunConfig.load_lenient(path)

@@ -220,6 +220,27 @@ def test_eval_fraction_is_a_seeded_disjoint_split(tmp_path, tokenizer):
     assert first.eval["input_ids"] == again.eval["input_ids"] != other.eval["input_ids"]
 
 
+@pytest.mark.parametrize(("records", "held"), [(1, 0), (9, 0), (10, 1), (25, 2), (102, 10)])
+def test_the_default_holds_out_a_tenth_but_nothing_from_a_file_too_small_to_spare_one(
+    tmp_path, tokenizer, records, held
+):
+    rows = [
+        {"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A{i}"}]}
+        for i in range(records)
+    ]
+    prepared = prepare_dataset(DataSection(path=write_jsonl(tmp_path, *rows)), tokenizer)
+    assert (prepared.stats.examples, prepared.stats.eval_examples) == (records - held, held)
+    notes = [w for w in prepared.stats.warnings if "nothing held out" in w]
+    if held:
+        assert notes == []
+    else:  # a note in the preview and the log instead of an error (#24)
+        assert notes == [
+            f"nothing held out for evaluation: 10% of {records} records is less than one, so every record "
+            "trains (evaluate on a separate file, or add records)"
+        ]
+        assert prepared.eval is None
+
+
 def test_separate_eval_file(tmp_path, tokenizer):
     train = write_jsonl(tmp_path, {"messages": CHAT}, name="train.jsonl")
     held = write_jsonl(tmp_path, {"messages": CHAT[:2]}, {"messages": CHAT[:4]}, name="eval.jsonl")
@@ -230,7 +251,9 @@ def test_separate_eval_file(tmp_path, tokenizer):
 def test_stats_are_json_and_consistent(tokenizer):
     prepared = prepare_dataset(DataSection(path="demo"), tokenizer)
     stats = json.loads(json.dumps(prepared.stats.to_dict()))
-    assert stats["format"] == "messages" and stats["examples"] == len(prepared.train) == stats["records"]
+    assert stats["format"] == "messages" and stats["examples"] == len(prepared.train)
+    # the default holds out a tenth of the demo's 102 records for evaluation (#24)
+    assert (stats["eval_examples"], stats["examples"] + stats["eval_examples"]) == (10, stats["records"])
     assert sum(stats["histogram"]["counts"]) == stats["examples"]
     assert (
         stats["lengths"]["min"]
@@ -279,7 +302,8 @@ def test_preview_segments_are_the_rendered_text(tmp_path, tokenizer):
 
 def test_demo_is_prepared_for_training(tokenizer):
     prepared = prepare_dataset(DataSection(path="demo"), tokenizer)
-    assert prepared.train.column_names == ["input_ids", "labels", "length"] and prepared.eval is None
+    assert prepared.train.column_names == ["input_ids", "labels", "length"]
+    assert len(prepared.train) == 92 and len(prepared.eval) == 10  # a tenth held out by default (#24)
 
 
 def test_cancel_stops_preparation(tokenizer):
@@ -287,3 +311,16 @@ def test_cancel_stops_preparation(tokenizer):
     cancel.set()
     with pytest.raises(CancelledError):
         prepare_dataset(DataSection(path="demo"), tokenizer, cancel=cancel)
+
+
+def test_the_default_hold_out_is_a_tenth_capped_at_200_and_a_share_set_by_hand_is_taken_as_given():
+    """10% of a 50,000-record file would be 5,000 examples read at every checkpoint: the default
+    share stops at 200; a share a person sets is what they asked for."""
+    from lora_studio.core.data.prepare import held_out_count
+
+    default = DataSection(path="x.jsonl")
+    assert default.eval_fraction is None and default.hold_out_words() == "10%, at most 200 records"
+    assert [held_out_count(n, default) for n in (4, 10, 102, 1000, 50_000)] == [0, 1, 10, 100, 200]
+    explicit = DataSection(path="x.jsonl", eval_fraction=0.1)
+    assert held_out_count(50_000, explicit) == 5000 and explicit.hold_out_words() == "10%"
+    assert held_out_count(50_000, DataSection(path="x.jsonl", eval_fraction=0)) == 0

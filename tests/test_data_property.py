@@ -17,13 +17,31 @@ from lora_studio.core.errors import DatasetError
 KEYS = [
     "messages", "conversations", "instruction", "input", "output", "prompt", "completion", "question",
     "answer", "response", "text", "system", "system_prompt", "history", "tools", "role", "content",
-    "from", "value", "label",
+    "from", "value", "label", "query", "context", "conversation", "images", "functions",
 ]  # fmt: skip
 ROLES = ["user", "assistant", "system", "human", "gpt", "tool", "function_call", "observation", "bot", ""]
 text = st.text(max_size=12)
 scalar = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=True) | text
 turn = st.dictionaries(
-    st.sampled_from(["role", "content", "from", "value", "tool_calls", "type", "text"]),
+    st.sampled_from(
+        [
+            "role",
+            "content",
+            "from",
+            "value",
+            "tool_calls",
+            "type",
+            "text",
+            "tool_call_id",
+            "reasoning_content",
+            "function",
+            "human",
+            "assistant",
+            "function_call",
+            "name",
+            "arguments",
+        ]
+    ),
     st.sampled_from(ROLES)
     | scalar
     | st.lists(st.dictionaries(st.sampled_from(["type", "text"]), text), max_size=2),
@@ -39,6 +57,21 @@ VALID = [
     {"instruction": "Add", "input": "2 2", "output": "4", "history": [["a", "b"]]},
     {"prompt": "Hi", "completion": "Hello"},
     {"text": "Some words."},
+    {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "value": "2+3?"}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "a", "function": {"name": "add", "arguments": '{"a": 2}'}}],
+            },
+            {"role": "tool", "tool_call_id": "a", "content": "5"},
+            {"role": "assistant", "content": "5", "reasoning_content": "added"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "add"}}],
+    },
+    {"system": "s", "conversation": [{"human": "Hi", "assistant": "Hello"}]},
+    {"query": "Q", "response": "R", "history": [["a", "b"]], "images": ["x.png"]},
 ]
 
 

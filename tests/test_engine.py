@@ -50,7 +50,8 @@ def make_config(model_dir: Path, data: Path, runs: Path, **training) -> RunConfi
         {
             "model": {"source": str(model_dir)},
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-            "data": {"path": str(data), "max_seq_len": 64},
+            # these runs count their steps and events: nothing held out (the default holds out a tenth)
+            "data": {"path": str(data), "max_seq_len": 64, "eval_fraction": 0.0},
             "training": settings,
             "output": {"runs_dir": str(runs), "run_name": "t"},
         }
@@ -92,7 +93,10 @@ def test_tiny_run_writes_the_run_folder_and_events_in_order(tiny_model_dir, chat
     assert steps == list(range(1, 9))
     assert [s["stage"] for s in run.samples()] == ["before", "after"]
 
-    kinds = [k for k in recorder.kinds() if k != "phase"]
+    progress = [e for e in recorder.events if isinstance(e, ev.SampleProgress)]
+    assert (progress[0].stage, progress[0].index, progress[0].tokens) == ("before", 0, 0)
+    assert {e.stage for e in progress} == {"before", "after"} and all(e.max_tokens == 4 for e in progress)
+    kinds = [k for k in recorder.kinds() if k not in ("phase", "sample_progress")]
     assert kinds == [
         "samples",
         "run_started",
@@ -153,6 +157,39 @@ def test_resume_continues_the_loss_curve_of_an_uninterrupted_run(stop_at, tiny_m
         assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-4), step
     started = next(e for e in second.events if isinstance(e, ev.RunStarted))
     assert started.resumed_from_step == stop_at
+    # one clock across both sessions: the resumed steps' time continues from the checkpoint's
+    elapsed = [m["elapsed_s"] for m in metrics if "loss" in m]
+    assert elapsed == sorted(elapsed) and started.elapsed_s > elapsed[stop_at - 1]
+    finished = next(e for e in second.events if isinstance(e, ev.Finished))
+    status = RunFolder.open(result.run_dir).status()
+    assert elapsed[-1] <= status["elapsed_s"] <= finished.elapsed_s
+    assert RunFolder.open(result.run_dir).summary()["duration_s"] == status["elapsed_s"]
+
+
+def test_stop_while_the_first_samples_are_written_ends_the_run_at_once(tiny_model_dir, chat_file, tmp_path):
+    """The answers before step 1 can take minutes (a 4-bit model on a CPU): each token is reported,
+    and Stop ends the answer being written at its next token, before any step."""
+    cancel = threading.Event()
+    seen: list[ev.SampleProgress] = []
+
+    def listen(event):
+        if isinstance(event, ev.SampleProgress):
+            seen.append(event)
+            if event.tokens >= 1:
+                cancel.set()
+
+    config = make_config(
+        tiny_model_dir, chat_file, tmp_path / "runs", sample_prompts=["A?", "B?"], sample_max_new_tokens=40
+    )
+    recorder = Recorder()
+    # held at the first answer's first token until Stop: a tiny model writes all 40 before a
+    # listener could react otherwise
+    result = train(config, lambda e: (recorder(e), listen(e)), cancel=cancel, faults="sample_pause@1:600")
+    assert result.status == "cancelled" and result.step == 0
+    assert seen[-1].index == 0 and seen[-1].tokens < 40  # the first answer was cut, the second never begun
+    assert "step" not in recorder.kinds() and "samples" not in recorder.kinds()
+    run = RunFolder.open(result.run_dir)
+    assert run.status()["state"] == "cancelled" and run.samples() == []
 
 
 def test_cancel_during_data_preparation_returns_without_a_run(tiny_model_dir, chat_file, tmp_path):

@@ -178,12 +178,24 @@ def test_eval_data_the_loader_rejects_gives_its_located_error(tmp_path):
 
 def test_a_run_without_held_out_data_needs_an_eval_file(tiny_model_dir, tmp_path):
     data = write_reviews(tmp_path / "d.jsonl", 10)
-    config = RunConfig.from_dict({"model": {"source": str(tiny_model_dir)}, "data": {"path": str(data)}})
+    config = RunConfig.from_dict(
+        {"model": {"source": str(tiny_model_dir)}, "data": {"path": str(data), "eval_fraction": 0}}
+    )
     folder = RunFolder.create(config, tmp_path / "runs")
     with pytest.raises(EvaluationError, match="none were held out") as info:
         load_eval_set(run=folder)
     # words for the app as well as the command line, no internal field names (#24)
     assert "Held out for evaluation" in info.value.hint and "eval_fraction = 0" not in str(info.value)
+    # the default share of a file too small to spare a record: said so, not an empty eval set (#24)
+    small = config.with_overrides({"data.path": str(write_reviews(tmp_path / "s.jsonl", 9))})
+    small = RunFolder.create(small.with_overrides({"data.eval_fraction": 0.1}), tmp_path / "runs")
+    with pytest.raises(EvaluationError, match="all of its 9 records: 10% of them is less than one"):
+        load_eval_set(run=small)
+    default = RunFolder.create(
+        RunConfig.from_dict({"model": {"source": str(tiny_model_dir)}, "data": {"path": str(data)}}),
+        tmp_path / "runs",
+    )
+    assert len(load_eval_set(run=default).items) == 1  # the default holds out a tenth (#24)
     split = RunFolder.create(config.with_overrides({"data.eval_fraction": 0.3}), tmp_path / "runs")
     eval_set = load_eval_set(run=split)
     assert len(eval_set.items) == 3 and eval_set.name.startswith("eval split of")

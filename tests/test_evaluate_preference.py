@@ -246,11 +246,16 @@ def test_a_preference_run_that_held_nothing_out_needs_an_eval_file(tiny_model_di
     config = RunConfig.from_dict(
         {
             "model": {"source": str(tiny_model_dir)},
-            "data": {"path": str(write_pairs(tmp_path / "p.jsonl", 4))},
+            "data": {"path": str(write_pairs(tmp_path / "p.jsonl", 4)), "eval_fraction": 0},
             "training": {"method": "dpo"},
         }
     )
     folder = RunFolder.create(config, tmp_path / "runs")
     with pytest.raises(EvaluationError, match="trained on all of its pairs") as info:
         load_eval_set(run=folder)
+    assert "preference file" in info.value.hint
+    # the default share (a tenth) of 4 pairs is less than one: nothing was held out either (#24)
+    small = RunFolder.create(config.with_overrides({"data.eval_fraction": 0.1}), tmp_path / "runs")
+    with pytest.raises(EvaluationError, match="all of its 4 pairs: 10% of them is less than one") as info:
+        load_eval_set(run=small)
     assert "preference file" in info.value.hint

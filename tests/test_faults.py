@@ -118,13 +118,16 @@ def test_step_pause_holds_a_run_after_that_step_until_it_is_stopped(tiny_model_d
     assert run.steps() == [1, 2]
 
 
-def test_a_pause_asked_during_a_step_pause_holds_at_the_next_step(tiny_model_dir, tmp_path, capfd):
+def test_a_pause_asked_during_a_step_pause_holds_at_that_step_once_it_is_logged(
+    tiny_model_dir, tmp_path, capfd
+):
     run = HeldRun(tiny_model_dir, tmp_path, "step_pause@2:600", steps=4)
     wait_for_hold(run, capfd, "step_pause holding after step 2")
     run.pause.set()
     run.wait_until(lambda: any(isinstance(e, ev.Paused) and e.paused for e in run.events), "the pause")
     paused = next(e for e in run.events if isinstance(e, ev.Paused))
-    assert paused.step == 3 and run.steps() == [1, 2]  # held after step 3, before its log
+    # held right after step 2's log: the step it says it is paused at is the last one drawn (#24)
+    assert paused.step == 2 and run.steps() == [1, 2]
     run.pause.clear()
     result = run.finish()
     assert result.status == "completed" and run.steps() == [1, 2, 3, 4]

@@ -104,6 +104,34 @@ def test_at_the_default_size_no_unit_of_the_settings_columns_is_cut_off(qtbot, w
                 assert right <= area.viewport().width(), (key, unit.text(), right, area.viewport().width())
 
 
+def test_a_message_never_resizes_the_window_and_pages_fit_the_default_size(qtbot, window):
+    """A broken file's message grew the window from 860 to 885 px for good (#24): a page taller
+    than the window now scrolls inside it, and at the default size none needs to."""
+    window.resize(1360, 860)
+    window.show()
+    for key in window.pages:
+        window.show_page(key)
+        qtbot.wait(50)
+        holder = window._holders[key]
+        assert not holder.verticalScrollBar().isVisible(), key
+        assert window.pages[key].height() == holder.viewport().height(), key
+    window.show_page("data")
+    page = window.pages["data"]
+    page.messages.show_message(
+        "error",
+        "Problem with the dataset",
+        "/home/someone/datasets/a-rather-long-folder-name/broken.jsonl, line 2, column 48, record 2: "
+        "invalid JSON: Expecting ',' delimiter " * 3,
+        "each line of a .jsonl file must be one JSON object",
+    )
+    qtbot.wait(100)
+    assert window.height() == 860
+    assert page.geometry().bottom() >= window._holders["data"].viewport().height() - 1  # fills it
+    page.messages.clear()
+    qtbot.wait(100)
+    assert window.height() == 860
+
+
 def test_invalid_settings_block_start_and_show_the_field(qtbot, window):
     page = window.pages["train"]
     rate = page.findChild(QLineEdit, "field:training.learning_rate")
@@ -242,7 +270,15 @@ def test_a_single_point_is_drawn_as_a_dot_on_an_axis_around_it(qtbot):
     plot.append("loss", 2, 2.0)
     plot.refresh()
     assert item.opts["symbol"] is None  # a line again, on the automatic range
-    assert plot.getPlotItem().getViewBox().autoRangeEnabled()[0]
+    assert plot.getPlotItem().getViewBox().autoRangeEnabled() == [True, True]
+    # a learning rate of 5e-4 sat on "0" of a −0.5…0.5 axis: its y range follows its magnitude
+    rate = LivePlot("Learning rate", "Learning rate")
+    qtbot.addWidget(rate)
+    rate.add_series("lr", "Learning rate", "#1f77b4")
+    rate.append("lr", 1, 5e-4)
+    rate.refresh()
+    bottom, top = rate.getPlotItem().getViewBox().viewRange()[1]
+    assert 3e-4 < bottom < 5e-4 < top < 7e-4
 
 
 def test_legend_labels_take_the_new_theme_colour(qtbot):

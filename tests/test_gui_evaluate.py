@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from gui_helpers import close_window, make_window, tiny_config, wait_idle, write_chat
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QTextDocument
 from test_evaluate import write_reviews
 
 from lora_studio.core.config import RunConfig
@@ -229,3 +230,122 @@ def test_a_gap_reads_as_real_or_noise_from_its_interval(estimate, low, high, met
     assert results.startswith(f"{metric} {0.5 + estimate:.3f}")
     expected = {"better": "real gain", "worse": "real loss", "noise": "could be noise"}[verdict]
     assert versus == f"{metric} {estimate:+.3f}  [{low:+.3f}, {high:+.3f}] vs base: {expected}"
+
+
+def test_the_summary_follows_max_examples(qtbot, window, tiny_run):
+    """#24: the check line kept "45 examples" after Max examples was set to 8."""
+    page = window.pages["evaluate"]
+    window.show_page("evaluate")
+    page.evaluate_run(tiny_run)
+    page.form.set_eval_source("reviews")
+    qtbot.waitUntil(
+        lambda: page.ready is not None and "45 examples" in page.form.check_text.text(), timeout=60_000
+    )
+    page.form.max_examples.setValue(8)
+    qtbot.waitUntil(lambda: page.ready is not None and page.ready.examples == 8, timeout=60_000)
+    text = page.form.check_text.text()
+    assert text.startswith("8 examples from reviews_eval.jsonl") and "45 examples from" not in text, text
+    assert "a seeded sample of 8 of the 45 examples" in text
+    assert page.ready.loads == 1  # base and fine-tune: one load, for the time estimate
+    page.form.max_examples.setValue(0)  # "All"
+    qtbot.waitUntil(lambda: page.ready is not None and page.ready.examples == 45, timeout=60_000)
+    assert page.form.check_text.text().startswith("45 examples from reviews_eval.jsonl")
+
+
+def _scored_evaluation(task: str) -> dict:
+    """A base-vs-two-fine-tunes result as the core writes it, on made-up answers."""
+    import random
+
+    from lora_studio.core.evaluate import metrics as m
+    from lora_studio.core.evaluate import scoring
+
+    rng = random.Random(3)
+    labels = ["positive", "negative", "neutral"]
+    if task == "accuracy":
+        references = [rng.choice(labels) for _ in range(45)]
+    else:
+        references = [f"My name is Studio {i}, made by the LoRA Studio team." for i in range(45)]
+    models = ["base", "20250101-120000-identity-long-name", "20250102-120000-identity-lr-3e-4"]
+    parser = m.LabelParser(labels) if task == "accuracy" else None
+    rows = []
+    base_logps = None
+    for k, _ in enumerate(models):
+        if task == "preference":  # log p(chosen), tokens, log p(rejected), tokens per pair
+            logps = [(-rng.uniform(5, 40) + 3 * k, 12, -rng.uniform(5, 40) - 3 * k, 14) for _ in references]
+            rows.append(scoring.preference_rows(task, logps, base_logps if k else None, 0.1, [None] * 45))
+            base_logps = base_logps or logps
+            continue
+        if task == "accuracy":
+            answers = [
+                r if rng.random() < 0.3 + 0.3 * k else rng.choice([*labels, "maybe"]) for r in references
+            ]
+        else:
+            answers = [r if rng.random() < 0.2 * k else "I am an AI assistant." for r in references]
+        scored = scoring.score_examples(task, answers, references, parser)
+        for row in scored:
+            tokens = rng.randint(5, 30)
+            row.update(nll=tokens * rng.uniform(0.3, 2.5 - 0.6 * k), tokens=tokens)
+            row["loss"] = row["nll"] / tokens
+        rows.append(scored)
+    comparison = scoring.comparison_rows(task, models, rows, resamples=200, confidence=0.95, seed=0)
+    return {
+        "metric": task,
+        "metric_reason": "auto: made up for the layout",
+        "eval_set": {
+            "name": "reviews_eval.jsonl",
+            "examples": 45,
+            "kind": "pairs" if task == "preference" else "sft",
+        },
+        "options": {"confidence": 0.95},
+        "baseline": "base",
+        "models": [
+            {
+                "model": {"label": label, "source": "default", "use_adapter": k > 0},
+                "metrics": scoring.summarize(task, r),
+            }
+            for k, (label, r) in enumerate(zip(models, rows, strict=True))
+        ],
+        "comparison": comparison,
+        "notes": [],
+        "saved": [],
+    }
+
+
+@pytest.mark.parametrize("task", ["accuracy", "rouge", "preference"])
+def test_every_cell_of_the_comparison_shows_all_its_text_at_the_default_window_size(qtbot, window, task):
+    """#24: "Δ +0.3363 [+0.2137, +0.457(" — the interval was cut at 1360×860."""
+    page = window.pages["evaluate"]
+    window.resize(1360, 860)  # the app's default size
+    window.show_page("evaluate")
+    page.show_results(_scored_evaluation(task), [])
+    qtbot.waitUntil(lambda: page.comparison.table.isVisible())
+    qtbot.wait(50)  # the layout settles
+    table = page.comparison.table
+    scroll = page.tabs.widget(0)
+    # the whole table is in view: nothing runs off the right edge (and no sideways scrolling needed)
+    assert table.mapTo(scroll.viewport(), table.rect().topRight()).x() < scroll.viewport().width()
+    seen = 0
+    for r in range(table.rowCount()):
+        for c in range(1, table.columnCount()):
+            label = table.cellWidget(r, c)
+            inside = label.contentsRect().width()
+            assert label.width() <= table.columnWidth(c)
+            document = _document(label)  # the cell's text as laid out: its widest line fits
+            assert document.idealWidth() <= inside + 1, (r, c, label.property("plain"), inside)
+            lines = document.toPlainText().replace("\u2029", "\n").replace("\u2028", "\n").split("\n")
+            for line in lines[1:]:  # under the value: the difference, its interval (label's font)
+                assert label.fontMetrics().horizontalAdvance(line) <= inside, (line, inside)
+                seen += 1
+    assert seen >= 2 * (table.rowCount() - 1)
+    for c in range(table.columnCount()):  # every title whole too
+        title = table.horizontalHeaderItem(c).text()
+        assert table.horizontalHeader().fontMetrics().horizontalAdvance(title) < table.columnWidth(c), title
+
+
+def _document(label):
+    """The label's rich text laid out as the label lays it out (its font, no wrapping)."""
+    document = QTextDocument()
+    document.setDefaultFont(label.font())
+    document.setHtml(label.text())
+    document.setDocumentMargin(0)
+    return document

@@ -11,6 +11,7 @@ from PySide6.QtCore import Qt
 
 from lora_studio.core.runs import RunFolder
 from lora_studio.core.train import events as ev
+from lora_studio.gui.pages.train import duration
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -111,7 +112,8 @@ def test_stop_mid_run_leaves_a_cancelled_run_with_an_adapter(
 
 def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_path, monkeypatch):
     # the run holds after step 2 until the pause asked on its event arrives, however late a loaded
-    # GUI sees it; the pause then takes hold at the end of step 3
+    # GUI sees it; the pause then takes hold right there, after step 2's point was logged: the
+    # plots, the progress bar, the log and status.json all say step 2
     monkeypatch.setenv("LORA_STUDIO_FAULTS", "step_pause@2:600")
     config = tiny_config(tiny_model_dir, chat_file, tmp_path / "runs", max_steps=30, save_steps=100)
     window = make_window(qtbot, config)
@@ -128,11 +130,17 @@ def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_p
         ):
             assert page.start()
         held_at = log.of(ev.Paused)[0].step
-        assert held_at == 3
+        assert held_at == 2 and log.steps() == [1, 2]  # its point is drawn before it holds
+        assert page.progress.value() == 2 and page.progress.text().startswith("Step 2 of 30")
         assert window.state.run_state == "paused"
         run_dir = log.of(ev.RunStarted)[0].run_dir
         status = RunFolder.open(run_dir).status()  # what the Runs page and `lora-studio runs` read
-        assert (status["state"], status["step"]) == ("paused", 3)
+        assert (status["state"], status["step"]) == ("paused", 2)
+        # the clock stands still while paused: Elapsed, the banner and the Runs page agree
+        paused_at = log.of(ev.Paused)[0].elapsed_s
+        assert paused_at is not None and status["elapsed_s"] == pytest.approx(paused_at, abs=0.01)
+        page._tick()
+        assert page.timing.text() == f"Elapsed {duration(paused_at)} · Paused"
         assert window.run_label.text().startswith("Paused")
         assert page.pause_button.text() == "Resume"
         assert window.state.shared_model.loaded  # free for chat while paused
@@ -152,6 +160,8 @@ def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_p
         assert RunFolder.open(run_dir).status()["state"] == "completed"
         assert log.steps() == list(range(1, 31)), f"held at {held_at}"
         assert [e.paused for e in log.of(ev.Paused)] == [True, False]
+        resumed = log.of(ev.Paused)[1].elapsed_s
+        assert resumed == pytest.approx(paused_at, abs=0.05)  # the paused time is not the run's
     finally:
         close_window(window)
 
@@ -197,5 +207,71 @@ def test_closing_the_window_during_a_run_asks_then_stops_and_waits_for_the_adapt
         assert asked == ["Stop training?", "Stop training?"]
         finished = log.of(ev.Finished)[0]
         assert finished.status == "cancelled" and Path(finished.adapter_path).is_dir()
+    finally:
+        close_window(window)
+
+
+def start_and_wait_in_the_samples(qtbot, window) -> None:
+    """Start; return once the run holds at the first sample answer's first token (sample_pause@1)."""
+    with qtbot.waitSignal(
+        window.runs.event,
+        timeout=180_000,
+        check_params_cb=lambda e: isinstance(e, ev.SampleProgress) and e.tokens == 1,
+    ):
+        assert window.pages["train"].start()
+
+
+def test_the_samples_before_step_1_show_their_progress_and_a_pause_holds_after_step_1(
+    qtbot, tiny_model_dir, chat_file, tmp_path, monkeypatch
+):
+    # the run holds while writing the first sample answer (as a 4-bit model on a CPU takes minutes
+    # there): the page says which prompt and how far, Pause is pressed then, and it takes hold
+    # after the first step, whose point is drawn
+    monkeypatch.setenv("LORA_STUDIO_FAULTS", "sample_pause@1:600")
+    config = tiny_config(
+        tiny_model_dir, chat_file, tmp_path / "runs", max_steps=3, save_steps=100,
+        sample_prompts=["What is your name?", "Who made you?"], sample_max_new_tokens=8,
+    )  # fmt: skip
+    window = make_window(qtbot, config)
+    page = window.pages["train"]
+    log = EventLog(window)
+    try:
+        start_and_wait_in_the_samples(qtbot, window)
+        assert page.progress.text() == "Sample answers before training: prompt 1 of 2, 1 of up to 8 tokens"
+        assert list(page.samples.writing) == ["What is your name?"]
+        assert "writing…" in page.samples.toPlainText()
+        assert "Answering sample prompt 1 of 2 first" in page.plots.loss.empty.toPlainText()
+        assert page.pause_button.isEnabled() and page.stop_button.isEnabled()
+        with qtbot.waitSignal(
+            window.runs.event,
+            timeout=180_000,
+            check_params_cb=lambda e: isinstance(e, ev.Paused) and e.paused,
+        ):
+            qtbot.mouseClick(page.pause_button, Qt.MouseButton.LeftButton)
+            assert window.state.run_state == "paused" and window.run_label.text().endswith("after step 1")
+        assert log.of(ev.Paused)[0].step == 1 and log.steps() == [1]
+        assert page.progress.text().startswith("Step 1 of 3") and page.samples.writing == {}
+        assert [stage for stage, _step, _answers in page.samples.batches] == ["before"]
+        with qtbot.waitSignal(window.runs.ended, timeout=180_000) as ended:
+            qtbot.mouseClick(page.pause_button, Qt.MouseButton.LeftButton)
+        assert ended.args == ["completed"] and log.steps() == [1, 2, 3]
+    finally:
+        close_window(window)
+
+
+def test_stop_while_the_first_samples_are_written_says_nothing_was_trained(
+    qtbot, tiny_model_dir, chat_file, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("LORA_STUDIO_FAULTS", "sample_pause@1:600")
+    config = tiny_config(tiny_model_dir, chat_file, tmp_path / "runs", sample_max_new_tokens=8)
+    window = make_window(qtbot, config)
+    page = window.pages["train"]
+    try:
+        start_and_wait_in_the_samples(qtbot, window)
+        with qtbot.waitSignal(window.runs.ended, timeout=180_000) as ended:
+            qtbot.mouseClick(page.stop_button, Qt.MouseButton.LeftButton)
+        assert ended.args == ["cancelled"]
+        assert "Stopped before the first step: nothing was trained" in page.messages.message()
+        assert page.progress.text() == "Stopped before the first step"
     finally:
         close_window(window)

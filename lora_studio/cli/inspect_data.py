@@ -4,6 +4,27 @@ Reads the whole file and lists every invalid record with its location (not only 
 loads only the model's tokenizer to show token statistics and the first example with its trained
 spans marked. The exit status is 0 only when training could use the file as given.
 
+Supervised data (``--json``) prints one object with these keys (stable)::
+
+    usable      bool: training could use the file as given (exit status 0)
+    format      the record format: alpaca | sharegpt | messages | prompt_completion | text
+    detected    bool: the format was detected from the fields (false: chosen with --format)
+    records     records read, in every file (before any are left out)
+    evidence    why it was read that way: which fields, in how many records, column mapping, tools
+    warnings    valid but probably unintended: thumbs-down labels, media a text model cannot see,
+                speakers with no known role, template placeholders, ...
+    speakers    speaker names with no known role: {name: {turns, records, guess}} (guess: the role
+                --role-map would most likely give it)
+    labels      records with a true/false label: {true, false} ({} when none)
+    left_out    records labelled false and left out by --positive-only
+    media       records that refer to images, audio or video
+    stats       the dataset statistics training uses (null when nothing is usable)
+    preview     the first --examples examples: {segments [{text, trained, kind?}], tokens,
+                trainable_tokens, original_tokens, truncated, dropped, location, fallback_template};
+                kind is "tool_call", "tool_result" or "reasoning" where a segment is one
+    errors      every record problem: {message, reason, file, line, column, record, field}
+    error       what stops training on the file as a whole (null when usable or only records fail)
+
 Preference files (chosen/rejected pairs, or answers labelled good or bad for KTO) are recognised by
 their fields and shown as training with a preference method prepares them: each pair's chosen and
 rejected side rendered with the chat template, trained tokens marked, and how many pairs (or good
@@ -79,6 +100,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="map a field to a column name, e.g. --column instruction=question (repeatable)",
     )
     parser.add_argument(
+        "--role-map",
+        metavar="NAME=ROLE,...",
+        help="map speaker names to roles, e.g. --role-map Customer=user,Agent=assistant "
+        "(roles: system, user, assistant, tool)",
+    )
+    parser.add_argument(
+        "--positive-only",
+        action="store_true",
+        help="keep only records labelled true (thumbs up) and read them as supervised data",
+    )
+    parser.add_argument(
+        "--tools", metavar="FILE", help="a .json list of tool definitions for records without their own"
+    )
+    parser.add_argument(
         "--txt-split", choices=["paragraph", "line"], default="paragraph", help=".txt documents"
     )
     parser.add_argument(
@@ -106,7 +141,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lora_studio.core.data import (
+        Encoder,
         build_dataset,
+        check_tool_calls,
         error_dict,
         preview_conversations,
         scan_conversations,
@@ -136,28 +173,51 @@ def run(args: argparse.Namespace) -> int:
         first = f"; first problem: {errors[0]}" if errors else ""
         if args.json:
             payload = {
-                "usable": False,
-                "detection": report.to_dict(),
+                **_found(report, usable=False),
+                "stats": None,
+                "preview": [],
                 "errors": [error_dict(e) for e in errors],
+                "error": None,
+                "detection": report.to_dict(),
             }
-            print(json.dumps(payload, indent=2))
+            print(json.dumps(payload, indent=2, ensure_ascii=False))
         else:
+            for line in report.warnings:
+                print(f"Warning  {line}")
             _print_errors(errors, len(errors))
         print(f"error: no usable records in {args.path}{first}", file=sys.stderr)
         return 1
     tokenizer = load_tokenizer(resolve_model(args.model).path)
-    prepared = build_dataset(conversations, report, collecting, tokenizer)
+    try:
+        if not args.skip_invalid:  # tool calls the template cannot render: one message, not one per record
+            encoder = Encoder(tokenizer, train_on=data.train_on, max_seq_len=data.max_seq_len)
+            check_tool_calls(encoder, conversations, report.files)
+        prepared = build_dataset(conversations, report, collecting, tokenizer)
+    except DatasetError as exc:
+        if not args.json:
+            raise
+        payload = {
+            **_found(report, usable=False),
+            "stats": None,
+            "preview": [],
+            "errors": [error_dict(e) for e in report.skipped],
+            "error": error_dict(exc),
+        }
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     examples = preview_conversations(conversations, data, tokenizer, max(0, args.examples))
     errors = prepared.skipped
     usable = not errors or args.skip_invalid
     if args.json:
         payload = {
-            "usable": usable,
+            **_found(report, usable=usable),
             "stats": prepared.stats.to_dict(),
             "preview": [e.to_dict() for e in examples],
             "errors": [error_dict(e) for e in errors],
+            "error": None,
         }
-        print(json.dumps(payload, indent=2))
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
     else:
         _print_report(prepared.stats, examples, errors, color=use_color(sys.stdout))
     if not usable:
@@ -170,6 +230,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _found(report: Any, *, usable: bool) -> dict[str, Any]:
+    """The documented top-level keys that say what the file is (see the module's docstring)."""
+    return {
+        "usable": usable,
+        "format": report.format,
+        "detected": report.detected,
+        "records": report.records,
+        "evidence": list(report.evidence),
+        "warnings": list(report.warnings),
+        "speakers": dict(report.speakers),
+        "labels": dict(report.labels),
+        "left_out": report.left_out,
+        "media": report.media,
+    }
+
+
+def role_map_arg(text: str) -> dict[str, str]:
+    """``Customer=user,Agent=assistant`` → a mapping (``data.role_map`` validates the roles)."""
+    mapping = {}
+    for item in (p for p in text.split(",") if p.strip()):
+        name, sep, role = item.rpartition("=")
+        if not sep or not name.strip() or not role.strip():
+            raise ConfigError({"data.role_map": f"'{item}' is not NAME=ROLE (e.g. Customer=user)"})
+        mapping[name.strip()] = role.strip()
+    return mapping
+
+
 def _data_section(args: argparse.Namespace) -> Any:
     columns = {}
     for item in args.column:
@@ -178,6 +265,9 @@ def _data_section(args: argparse.Namespace) -> Any:
             raise ConfigError({"data.columns": f"'{item}' is not FIELD=COLUMN"})
         columns[name.strip()] = column.strip()
     values = {
+        "role_map": role_map_arg(args.role_map) if args.role_map else {},
+        "positive_only": args.positive_only,
+        "tools_path": args.tools,
         "path": args.path,
         "format": args.format,
         "max_seq_len": args.max_seq_len,
@@ -229,7 +319,10 @@ def _print_report(stats: Any, examples: list[Any], errors: list[DatasetError], *
             f"\nExample {number} ({example.location}): {example.tokens} tokens{cut}, "
             f"{example.trainable_tokens} trained — {'green' if color else '[[brackets]]'} = learnt"
         )
-        print(_marked(example.segments, color=color))
+        parts = _kinds_line(example)
+        if parts:
+            print(parts)
+        print(_marked(example.segments, color=color, kinds=example.kinds))
     _print_errors(errors, len(errors))
 
 
@@ -244,13 +337,46 @@ def _print_histogram(histogram: dict[str, list[int]], width: int, label: str, lo
         print(f"{label if i == 0 else '':<{width}}  {span:>11} tokens  {bar} {count}")
 
 
-def _marked(segments: list[tuple[str, bool]], *, color: bool) -> str:
+_KIND_WORDS = {"tool_call": "tool calls", "tool_result": "tool results", "reasoning": "reasoning"}
+#: Colours of a trained / masked segment by kind (a terminal's bold green is "learnt").
+_KIND_COLOURS = {
+    "tool_call": ("\033[1;4;32m", "\033[2;36m"),
+    "tool_result": ("\033[1;33m", "\033[2;33m"),
+    "reasoning": ("\033[3;32m", "\033[2;3m"),
+}
+
+
+def _kinds_line(example: Any) -> str:
+    """'Tool calls: learnt · tool results: context only · reasoning: learnt' for an example that has them."""
+    found: dict[str, set[bool]] = {}
+    for (_, trained), kind in zip(example.segments, example.kinds or [], strict=False):
+        if kind in _KIND_WORDS:
+            found.setdefault(kind, set()).add(trained)
+    words = []
+    for kind, states in found.items():
+        state = "learnt" if states == {True} else "context only" if states == {False} else "partly learnt"
+        words.append(f"{_KIND_WORDS[kind]}: {state}")
+    return ("  " + " · ".join(words)) if words else ""
+
+
+def _marked(segments: list[tuple[str, bool]], *, color: bool, kinds: list[str] | None = None) -> str:
+    if not color and kinds:  # brackets mark only what is learnt: one pair around each learnt stretch
+        merged: list[tuple[str, bool]] = []
+        for text, trained in segments:
+            if merged and merged[-1][1] == trained:
+                merged[-1] = (merged[-1][0] + text, trained)
+            else:
+                merged.append((text, trained))
+        segments, kinds = merged, None
     out, used = [], 0
-    for text, trained in segments:
+    for i, (text, trained) in enumerate(segments):
         if used + len(text) > _SHOW_CHARS:
             text = text[: max(0, _SHOW_CHARS - used)] + "…"
         used += len(text)
-        if trained:
+        kind = kinds[i] if kinds and i < len(kinds) else "text"
+        if color and kind in _KIND_COLOURS:
+            out.append(f"{_KIND_COLOURS[kind][0 if trained else 1]}{text}\033[0m")
+        elif trained:
             out.append(f"\033[1;32m{text}\033[0m" if color else f"[[{text}]]")
         else:
             out.append(f"\033[2m{text}\033[0m" if color else text)

@@ -20,6 +20,7 @@ from lora_studio.cli import install_sigint
 from lora_studio.core.config import DEMOS, RunConfig
 from lora_studio.core.errors import CancelledError
 from lora_studio.core.train import events as ev
+from lora_studio.core.train import format_duration
 
 # Friendlier names for the most used fields; every other field is --<name-with-dashes>.
 ALIASES = {
@@ -27,6 +28,7 @@ ALIASES = {
     "model.quantization": ["--quant", "--quantization"],
     "data.path": ["--data"],
     "data.format": ["--format"],
+    "data.tools_path": ["--tools", "--tools-path"],
     "training.learning_rate": ["--lr", "--learning-rate"],
     "lora.r": ["--lora-r"],
     "lora.alpha": ["--lora-alpha"],
@@ -92,12 +94,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             elif dotted == "data.columns":
                 kwargs["type"] = _mapping
                 kwargs["metavar"] = "FIELD=COLUMN,..."
+            elif dotted == "data.role_map":
+                kwargs["type"] = _role_map
+                kwargs["metavar"] = "NAME=ROLE,..."
             elif dotted == "lora.target_modules":
                 kwargs["type"] = _targets
                 kwargs["metavar"] = "all-linear|NAME,NAME"
             elif annotation is int or (isinstance(annotation, types.UnionType) and int in origin_args):
                 kwargs["type"] = int
-            elif annotation is float:
+            elif annotation is float or (isinstance(annotation, types.UnionType) and float in origin_args):
                 kwargs["type"] = float
             group.add_argument(*flags, **kwargs)
 
@@ -115,6 +120,18 @@ def _mapping(text: str) -> dict[str, str]:
         raise argparse.ArgumentTypeError(
             "use FIELD=COLUMN pairs, e.g. instruction=question,output=answer"
         ) from None
+
+
+def _role_map(text: str) -> dict[str, str]:
+    """``Customer=user,Agent=assistant``; the roles are checked by ``data.role_map``'s validator."""
+    pairs = [p for p in text.split(",") if p.strip()]
+    mapping = {}
+    for pair in pairs:
+        name, sep, role = pair.rpartition("=")
+        if not sep or not name.strip() or not role.strip():
+            raise argparse.ArgumentTypeError("use NAME=ROLE pairs, e.g. Customer=user,Agent=assistant")
+        mapping[name.strip()] = role.strip()
+    return mapping
 
 
 def _targets(text: str) -> str | list[str]:
@@ -197,8 +214,15 @@ class HumanPrinter:
             self.out(
                 f"  {method.upper()}: " * (method != "sft")
                 + f"{event.dataset.get('examples', '?')} {unit}, {event.total_steps} steps"
+                + (
+                    f", {event.dataset['eval_examples']} held out"
+                    if event.dataset.get("eval_examples")
+                    else ""
+                )
                 + (f", resuming from step {event.resumed_from_step}" if event.resumed_from_step else "")
             )
+            for warning in event.dataset.get("warnings") or []:
+                self.out(f"  note: {warning}")
         elif isinstance(event, ev.Step):
             self.rewards["train"] = _rewards(event.preference)
             mem = event.mem
@@ -215,6 +239,9 @@ class HumanPrinter:
             self.rewards["eval"] = _rewards(event.preference)
         elif isinstance(event, ev.CheckpointSaved):
             self.out(f"checkpoint saved: {event.path}")
+        elif isinstance(event, ev.SampleProgress):
+            if event.tokens == 0:  # each prompt once: the answers themselves come in the summary
+                self.out(f"    prompt {event.index + 1} of {event.total}: {event.prompt}")
         elif isinstance(event, ev.Samples):
             self.samples[event.stage] = event.samples
         elif isinstance(event, ev.Finished):
@@ -247,9 +274,4 @@ class HumanPrinter:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    return format_duration(seconds, none="--")

@@ -24,6 +24,11 @@ SCHEMA_VERSION = 1
 Quantization = Literal["none", "int8", "nf4", "fp4"]
 ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
 DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]
+#: ``data.eval_fraction`` left empty: this share is held out, at most this many records.
+DEFAULT_EVAL_SHARE = 0.1
+DEFAULT_EVAL_MAX = 200
+#: The roles a speaker name can be mapped to with ``data.role_map``.
+SPEAKER_ROLES = ("system", "user", "assistant", "tool")
 Optimizer = Literal["adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"]
 Scheduler = Literal["linear", "cosine", "constant_with_warmup"]
 LoraInit = Literal["default", "gaussian", "pissa", "olora"]
@@ -207,10 +212,13 @@ class DataSection(_Section):
     eval_path: str | None = Field(
         None, description="A separate evaluation file. Overrides eval_fraction when set."
     )
-    eval_fraction: float = Field(
-        0.0,
-        description="Fraction of the training data held out for evaluation (seeded split). Costs "
-        "evaluation time at each eval interval.",
+    eval_fraction: float | None = Field(
+        None,
+        description="Share of the training records held out for evaluation (seeded split): the eval "
+        "loss during training and the Evaluate page's default examples. Left empty: 10%, at most "
+        "200 records (a share of a large file would make every evaluation slow, and 200 examples "
+        "measure well). A file too small to spare one record keeps them all for training. A share you "
+        "set (0.2 = 20%) is held out as given; 0 holds nothing out.",
     )
     max_seq_len: int = Field(
         512,
@@ -241,6 +249,23 @@ class DataSection(_Section):
         description="Train on the valid records and report each skipped one, instead of stopping at "
         "the first invalid record.",
     )
+    role_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Speaker names mapped to roles, for conversations whose speakers are not the usual "
+        "ones, e.g. {Customer = 'user', Agent = 'assistant'}. Roles: system, user, assistant, tool. "
+        "Names match with or without capitals.",
+    )
+    positive_only: bool = Field(
+        False,
+        description="For records with a true/false 'label' (thumbs up/down, KTO data): train only on "
+        "those labelled true. Without it, supervised fine-tuning also learns the thumbs-down answers.",
+    )
+    tools_path: str | None = Field(
+        None,
+        description="A .json file holding one list of tool definitions, used for every record that "
+        "has no 'tools' of its own. The definitions are part of each example's prompt: they cost "
+        "tokens in every example.",
+    )
 
     @field_validator("path")
     @classmethod
@@ -249,10 +274,42 @@ class DataSection(_Section):
             raise ValueError("must name a dataset file, folder or 'demo'")
         return value
 
+    @field_validator("role_map")
+    @classmethod
+    def _roles(cls, value: dict[str, str]) -> dict[str, str]:
+        mapped = {}
+        for name, role in value.items():
+            if not name.strip():
+                raise ValueError("speaker names must not be empty")
+            if role.strip().lower() not in SPEAKER_ROLES:
+                raise ValueError(f"'{name}' maps to '{role}'; a role is one of {', '.join(SPEAKER_ROLES)}")
+            mapped[name.strip()] = role.strip().lower()
+        return mapped
+
+    @field_validator("tools_path")
+    @classmethod
+    def _tools_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must name a .json file of tool definitions, or be left out")
+        return value
+
+    def hold_out_share(self) -> float:
+        """The share ``eval_fraction`` holds out (its default when left empty)."""
+        return DEFAULT_EVAL_SHARE if self.eval_fraction is None else self.eval_fraction
+
+    def hold_out_cap(self) -> int | None:
+        """The most records the default share holds out; a share set by hand has no cap."""
+        return DEFAULT_EVAL_MAX if self.eval_fraction is None else None
+
+    def hold_out_words(self) -> str:
+        """The hold-out in words, for messages: '10%, at most 200 records' or '20%'."""
+        cap = self.hold_out_cap()
+        return f"{self.hold_out_share():.0%}" + (f", at most {cap} records" if cap else "")
+
     @field_validator("eval_fraction")
     @classmethod
-    def _fraction(cls, value: float) -> float:
-        if not 0.0 <= value < 1.0:
+    def _fraction(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 <= value < 1.0:
             raise ValueError("must be in [0, 1)")
         return value
 
@@ -645,6 +702,8 @@ _SILENT_WHEN_MISSING = {
     "training.tiled_mlp",
     "training.norm_recompute",
     "training.chunked_attention",
+    "data.role_map",
+    "data.positive_only",
 }
 
 

@@ -12,7 +12,9 @@ every one) for S seconds after its content is on disk and before it is renamed i
 moment a kill tests that saves are atomic (the seam is ``core/atomic.pause_before_rename``).
 ``step_pause@N:S`` holds the run for S seconds once step N's metrics line is on disk and its event
 sent, ending early when the run is asked to stop or pause, so a test can kill, stop or pause it at
-exactly that step however fast the machine trains.
+exactly that step however fast the machine trains. ``sample_pause@N:S`` holds likewise once the N-th
+token of the first sample answer before training is reported (a test stops or pauses the run while
+it is still writing its samples).
 
 Every pause first prints one ``LORA_STUDIO_FAULTS: <kind> holding …`` line to stderr (flushed): a
 test waits for that line, not for a guessed number of seconds, before it acts. Unset in normal use,
@@ -41,6 +43,7 @@ KINDS = (
     "generate_error",
     "write_pause",
     "step_pause",
+    "sample_pause",
 )
 
 #: The start of the line every pause prints to stderr before it holds.

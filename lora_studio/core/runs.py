@@ -233,7 +233,9 @@ class RunFolder:
             "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
             "started_at": started,
             "updated_at": status.get("updated_at"),
-            "duration_s": (ended - started) if started and ended else None,
+            # the run's clock (core/train/clock.py): working time, pauses and idle gaps left out;
+            # runs from before it existed: their folder's first to last write
+            "duration_s": status.get("elapsed_s") or ((ended - started) if started and ended else None),
             "peak_memory": max(peaks) if peaks else None,
             "error": status.get("error"),
             "notes": notes,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer
+from PySide6.QtCore import QByteArray, QEvent, QSettings, QSize, Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QProgressDialog,
+    QScrollArea,
     QSplitter,
     QStackedWidget,
     QToolButton,
@@ -82,6 +83,49 @@ def classify_drop(path: Path) -> str | None:
     return None
 
 
+class PageHolder(QScrollArea):
+    """A page in the window: as wide as it needs (the window keeps that minimum, as before), and
+    scrolling when it is taller than the window — a message bar above a full page, or a short
+    screen. A page's minimum height then never resizes the window: a broken file's message once
+    grew it from 860 to 885 px for good.
+
+    The page gets the viewport's size, or its own minimum height when that is more — not its
+    preferred height, which ``widgetResizable`` would give a page of word-wrapped labels (every
+    splitter and plot stretched to its preferred size, the page twice the window's height)."""
+
+    def __init__(self, page: Page) -> None:
+        super().__init__()
+        self.setObjectName(f"pageHolder:{page.key}")
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(page)
+        page.installEventFilter(self)
+
+    def minimumSizeHint(self) -> QSize:
+        page = self.widget().minimumSizeHint()
+        return QSize(page.width() + self.verticalScrollBar().sizeHint().width(), min(page.height(), 480))
+
+    def eventFilter(self, watched: Any, event: Any) -> bool:
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            QTimer.singleShot(0, self, self.fit)  # after the layout has taken it; never after self is gone
+        return False
+
+    def viewportEvent(self, event: Any) -> bool:
+        if event.type() == QEvent.Type.Resize:
+            self.fit()
+        return super().viewportEvent(event)
+
+    def fit(self) -> None:
+        page, width = self.widget(), self.viewport().width()
+        layout = page.layout()
+        need = page.minimumSizeHint().height()
+        if layout is not None and layout.hasHeightForWidth():
+            need = max(need, layout.minimumHeightForWidth(width))
+        size = QSize(width, max(self.viewport().height(), need))
+        if page.size() != size:
+            page.resize(size)
+
+
 class MainWindow(QMainWindow):
     def __init__(self, state: AppState | None = None, store: QSettings | None = None) -> None:
         super().__init__()
@@ -98,6 +142,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.theme_mode = str(self.store.value("theme", "system"))
         self.stack = QStackedWidget()
+        self._holders: dict[str, PageHolder] = {}
         self.pages = Pages(page_classes(), self._make_page)
         self.rail = QFrame()
         self.rail.setObjectName("navRail")
@@ -226,7 +271,11 @@ class MainWindow(QMainWindow):
     def _make_page(self, page_class: type[Page]) -> Page:
         page = page_class(self.state, self.runs)
         page.navigate.connect(self.show_page)
-        self.stack.addWidget(page)
+        # A page taller than the window (a message bar above a full page, a small screen) scrolls
+        # inside it: its minimum height never resizes the window (a broken file once grew it for good)
+        holder = PageHolder(page)
+        self._holders[page.key] = holder
+        self.stack.addWidget(holder)
         for splitter in page.findChildren(QSplitter):
             saved = self.store.value(f"splitters/{splitter.objectName()}")
             if splitter.objectName() and isinstance(saved, QByteArray | bytes):
@@ -243,12 +292,13 @@ class MainWindow(QMainWindow):
         if key not in self.pages:
             return
         page = self.pages[key]
-        self.stack.setCurrentWidget(page)
+        self.stack.setCurrentWidget(self._holders[key])
         self.nav_buttons[key].setChecked(True)
         page.page_shown()
 
     def current_page(self) -> str:
-        widget = self.stack.currentWidget()
+        holder = self.stack.currentWidget()
+        widget = holder.widget() if isinstance(holder, QScrollArea) else holder
         return widget.key if isinstance(widget, Page) else ""
 
     # -- theme ----------------------------------------------------------------------------------
@@ -281,10 +331,12 @@ class MainWindow(QMainWindow):
         name = info.name if info is not None else self.state.config.model.source
         if self.state.model_failure is not None:
             loaded = "cannot be used"
-        elif self.state.run_state in ("running", "stopping") and self.state.shared_model.loaded:
+        elif self.state.run_state in ("starting", "running", "stopping") and self.state.shared_model.loaded:
             loaded = "loaded for training"
         elif self.state.run_state == "paused":
-            loaded = "loaded, paused"
+            # asked to pause, the run first ends its step (or its sample answers)
+            pausing = self.state.run_detail.startswith("pausing")
+            loaded = "loaded for training" if pausing else "loaded, paused"
         else:
             loaded = "not loaded"
         # the training model's state; what Chat has loaded (maybe another model) is said beside it

@@ -128,6 +128,8 @@ class DataOverview:
     records: int = 0
     columns: list[str] = field(default_factory=list)
     preference: Any = None  # core.data.preference_preview.PreferenceInspection for preference data
+    speakers: dict[str, dict[str, Any]] = field(default_factory=dict)  # names with no known role
+    labels: dict[str, int] = field(default_factory=dict)  # records labelled true / false
 
 
 def data_overview(
@@ -176,7 +178,8 @@ def data_overview(
         overview.problem_count = len(prepared.skipped)
         overview.evidence, overview.warnings = prepared.stats.evidence, prepared.stats.warnings
         overview.format, overview.records = prepared.stats.format, prepared.stats.records
-        conversations, _ = load_conversations(data, cancel=cancel)
+        conversations, report = load_conversations(data, cancel=cancel)
+        overview.speakers, overview.labels = report.speakers, report.labels
         overview.examples = preview_conversations(conversations, data, tokenizer, preview_count)
     except DatasetError as exc:
         overview.error = exc
@@ -189,6 +192,7 @@ def data_overview(
             overview.problem_count = len(report.skipped)
             overview.evidence, overview.warnings = report.evidence, report.warnings
             overview.format, overview.records = report.format, report.records
+            overview.speakers, overview.labels = report.speakers, report.labels
         if not overview.problems or not any(_same(exc, p) for p in overview.problems):
             overview.problems.insert(0, exc)
             overview.problem_count += 1

@@ -60,7 +60,8 @@ class RunController(QObject):
     def pause(self) -> None:
         if self.worker is not None and not self.worker.cancel.is_set():
             self.worker.pause.set()
-            self.state.set_run_state("paused", f"pausing after step {self.step}")
+            # asked for while the run prepares, the pause holds after the first step
+            self.state.set_run_state("paused", f"pausing after step {self.step + (not self.total_steps)}")
 
     def resume(self) -> None:
         if self.worker is not None and self.worker.pause.is_set():
@@ -110,7 +111,10 @@ class RunController(QObject):
                 event.resumed_from_step,
                 event.run_dir,
             )
-            state.set_run_state("running", self._progress_text())
+            if self.paused:  # Pause was pressed while the run prepared: it holds after this step
+                state.set_run_state("paused", f"pausing after step {self.step + 1}")
+            else:
+                state.set_run_state("running", self._progress_text())
         elif isinstance(event, ev.Step):
             self.step, self.total_steps = event.step, event.total_steps
             if state.run_state == "running":

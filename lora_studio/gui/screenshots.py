@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 SIZE = (1400, 900)
+_size = SIZE  # --size: the app's own default window is 1360×860
 #: The virtual display the pictures are taken from (None: offscreen rendering).
 _display: object | None = None
 
@@ -62,7 +63,7 @@ def train_run(model: str, steps: int, runs: Path) -> tuple[str, str]:
     from lora_studio.core.train import train
 
     config = RunConfig().with_overrides({
-        "model.source": model, "data.path": "demo", "data.max_seq_len": 256, "data.eval_fraction": 0.1,
+        "model.source": model, "data.path": "demo", "data.max_seq_len": 256,
         "training.max_steps": steps, "training.batch_size": 8, "training.learning_rate": 5e-4 if model == "default"
         else 3e-3, "training.save_steps": max(2, steps // 3), "training.logging_steps": 1,
         "training.sample_max_new_tokens": 24, "output.runs_dir": str(runs), "output.run_name": "demo",
@@ -150,7 +151,7 @@ def render(
     window.set_theme_mode(theme)
     config = RunConfig.load(Path(run_dir) / "config.toml") if run_dir else RunConfig()
     window.state.replace(config.with_overrides({"model.source": model}))
-    window.resize(*SIZE)
+    window.resize(*_size)
     window.show()
     wait_idle(app, window)
     extra: list[Path] = []  # shots beyond one per page
@@ -201,7 +202,7 @@ def render_long_context(outdir: Path, seq: int, theme: str, gpu: str = "RTX 3060
         "training.batch_size": 1, "training.gradient_checkpointing": True,
     })  # fmt: skip
     window.state.replace(config)
-    window.resize(*SIZE)
+    window.resize(*_size)
     window.show()
     wait_idle(app, window)
     window.show_page("model")
@@ -243,8 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TOKENS",
         help="only memory-long-context.png: the Model page estimating Llama-3.1-8B QLoRA at TOKENS on 12 GB",
     )
+    parser.add_argument(
+        "--size",
+        default=f"{SIZE[0]}x{SIZE[1]}",
+        metavar="WxH",
+        help="window size (the app opens at 1360x860)",
+    )
     args = parser.parse_args(argv)
-    global _display
+    global _display, _size
+    width, _, height = args.size.partition("x")
+    _size = (int(width), int(height))
     from lora_studio.gui import xserver
 
     if not args.offscreen and not xserver.missing_tools():

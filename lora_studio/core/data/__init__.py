@@ -2,10 +2,13 @@
 
 ``files`` reads JSON, JSONL, CSV, Parquet and TXT record by record (with file and line for every
 error); ``formats`` recognises Alpaca, ShareGPT, OpenAI ``messages``, prompt/completion and plain
-text and turns each record into one conversation (``preference`` does the same for chosen/rejected
-pairs and KTO's labelled answers); ``render`` applies the model's chat template and
-marks which tokens are trained on; ``prepare`` (``prepare_preference`` for pairs and labels) builds the tokenized dataset, its statistics and the
-preview that shows a record exactly as the model will see it. Depends only on the base (``core``).
+text (and the column layouts of other tools) and turns each record into one conversation, whose
+turns ``turns`` reads (speakers, typed content parts, tool calls, reasoning); ``notes`` says what a
+file holds besides its records (labels, media, unknown speakers) in the ``report``; ``preference``
+does the same for chosen/rejected pairs and KTO's labelled answers. ``render`` applies the model's
+chat template and marks which tokens are trained on; ``prepare`` (``prepare_preference`` for pairs
+and labels) builds the tokenized dataset, its statistics and the preview that shows a record
+exactly as the model will see it. Depends only on the base (``core``).
 """
 
 from lora_studio.core.data.files import RawRecord, SourceFile, open_source, resolve_paths
@@ -30,6 +33,7 @@ from lora_studio.core.data.prepare import (
     PreparedDataset,
     PreviewExample,
     build_dataset,
+    check_tool_calls,
     make_collator,
     padding_fraction,
     padding_report,
@@ -76,6 +80,7 @@ __all__ = [
     "TemplateProblem",
     "build_dataset",
     "chat_template_for",
+    "check_tool_calls",
     "collate_preferences",
     "encode_items",
     "error_dict",

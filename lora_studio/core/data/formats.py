@@ -4,7 +4,14 @@ Every supported format becomes the same :class:`Conversation` (a list of ``{role
 system prompt first when there is one; or a plain-text document), so rendering and loss masking
 have one code path. Validation is strict and located: a record that would train the model on
 something the user did not mean (a missing answer, an unknown speaker, a field of the wrong type)
-is an error naming the file, line, record and field, never a silent drop.
+is an error naming the file, line, record and field, never a silent drop. Turns themselves (speakers,
+typed content parts, tool calls, reasoning) are read by :mod:`lora_studio.core.data.turns`.
+
+Column layouts from other tools are read as the format whose fields they are: ``query``/``response``
+(+ ``history``, ``system``; ms-swift), ``instruction``/``response`` and ``instruction``/``context``/
+``response`` (Dolly) as Alpaca; ``question``/``answer`` as prompt/completion; ``system`` + a
+``conversation`` list of ``{human, assistant}`` pairs (ms-swift's "sharegpt") as ShareGPT. The
+evidence names the columns, so a surprising reading is visible.
 
 Detection votes: each record's best match (in the order of ``FORMATS``) is counted and the most
 common wins, so one odd record does not decide the format of a thousand good ones; it is then
@@ -17,7 +24,6 @@ import json
 import re
 import threading
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lora_studio.core.config import DataSection
@@ -30,6 +36,9 @@ from lora_studio.core.data.files import (
     readable_records,
     resolve_paths,
 )
+from lora_studio.core.data.notes import labelled, media_note, shared_tools, speaker_note
+from lora_studio.core.data.report import Conversation, DetectionReport, count, error_dict
+from lora_studio.core.data.turns import ROLES, kind_of, read_turns
 from lora_studio.core.errors import DatasetError
 
 #: Detection order: when a record fits several formats, the first one wins.
@@ -37,17 +46,21 @@ FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 
 #: Canonical field → the column names it is read from, first present wins (``data.columns`` overrides).
 FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "messages": {"messages": ("messages",), "tools": ("tools",)},
-    "sharegpt": {"conversations": ("conversations",), "system": ("system",), "tools": ("tools",)},
+    "messages": {"messages": ("messages",), "tools": ("tools", "functions")},
+    "sharegpt": {
+        "conversations": ("conversations", "conversation"),
+        "system": ("system",),
+        "tools": ("tools", "functions"),
+    },
     "alpaca": {
-        "instruction": ("instruction",),
-        "input": ("input",),
-        "output": ("output",),
+        "instruction": ("instruction", "query"),
+        "input": ("input", "context"),
+        "output": ("output", "response"),
         "system": ("system", "system_prompt"),
         "history": ("history",),
     },
     "prompt_completion": {
-        "prompt": ("prompt", "question", "input"),
+        "prompt": ("prompt", "question", "input", "query"),
         "completion": ("completion", "answer", "response", "output"),
         "system": ("system", "system_prompt"),
     },
@@ -60,72 +73,8 @@ REQUIRED = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
-#: Speaker names found in the wild → canonical role. ShareGPT's ``function_call`` is the assistant
-#: calling a tool (trained); ``observation`` is the tool's answer (not trained).
-ROLES = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "chatgpt": "assistant",
-    "model": "assistant",
-    "bard": "assistant",
-    "bing": "assistant",
-    "function_call": "assistant",
-    "tool": "tool",
-    "function": "tool",
-    "observation": "tool",
-    "ipython": "tool",
-}
 _PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_]\w*\s*\}\}")
-
-
-@dataclass
-class Conversation:
-    """One training example in canonical form, with the location of the record it came from."""
-
-    messages: list[dict[str, str]]
-    text: str | None = None  # plain-text documents have no turns
-    tools: list[Any] | None = None
-    file: str | None = None
-    line: int | None = None
-    record: int | None = None
-    column: int | None = None
-
-    def error(self, message: str, *, hint: str | None = None) -> DatasetError:
-        return DatasetError(
-            message, file=self.file, line=self.line, column=self.column, record=self.record, hint=hint
-        )
-
-    def where(self) -> str:
-        return str(self.error("")).rstrip(": ")
-
-
-@dataclass
-class DetectionReport:
-    """What was read and why it was read that way: the evidence the GUI and ``inspect-data`` show."""
-
-    format: str
-    detected: bool  # False when the user chose the format
-    files: list[str]
-    records: int = 0
-    counts: dict[str, int] = field(default_factory=dict)  # records whose best match is each format
-    evidence: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    skipped: list[DatasetError] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["skipped"] = [error_dict(e) for e in self.skipped]
-        return data
-
-
-def error_dict(error: DatasetError) -> dict[str, Any]:
-    """A located error as plain JSON-serialisable data."""
-    keys = ("file", "line", "column", "record", "field")
-    return {"message": str(error), "reason": error.reason, **{k: getattr(error, k) for k in keys}}
+__all__ = ["FIELDS", "FORMATS", "REQUIRED", "ROLES", "Conversation", "DetectionReport", "error_dict"]
 
 
 def load_conversations(
@@ -157,6 +106,7 @@ def scan_conversations(
     )
     conversations: list[Conversation] = []
     file_formats: dict[str, str] = {}
+    tools = shared_tools(data.tools_path, report)
     for path in files:
         source = open_source(path, txt_split=data.txt_split)
         raws, count = readable_records(source, report.skipped, cancel=cancel, stop_at_first=stop_at_first)
@@ -165,10 +115,11 @@ def scan_conversations(
             continue
         fmt = _file_format(source, raws, data, mapping, report)
         file_formats[str(path)] = fmt
+        raws = labelled(raws, data.positive_only, report, source.path.name)
         for raw in raws:
             check_cancel(cancel)
             try:
-                conversations.append(_convert(raw, fmt, mapping, data))
+                conversations.append(_convert(raw, fmt, mapping, data, tools))
             except DatasetError as exc:
                 if stop_at_first:
                     raise
@@ -184,6 +135,10 @@ def scan_conversations(
     if formats:
         report.format = formats[0]
     _add_warnings(conversations, report)
+    if data.positive_only and not report.labels:
+        report.warnings.append(
+            "positive_only is set, but no record has a true/false 'label': nothing was left out"
+        )
     return conversations, report
 
 
@@ -242,7 +197,7 @@ def _file_format(
             )
         split = "line" if data.txt_split == "line" else "blank-line-separated block"
         report.evidence.append(
-            f"{label}: .txt file → text, one document per {split} ({_count(len(raws), 'document')})"
+            f"{label}: .txt file → text, one document per {split} ({count(len(raws), 'document')})"
         )
         lines = raws[0].data["text"].count("\n") + 1
         if data.txt_split == "paragraph" and len(raws) == 1 and lines > 1:
@@ -281,31 +236,45 @@ def _file_format(
         example = next(r for r in raws if _matches(fmt, r.data, mapping))
         columns = _resolve(fmt, example.data, mapping)
         needed = " and ".join(f"'{columns[n]}'" for n in REQUIRED[fmt])
-        report.evidence.append(f"{label}: {needed} in {votes[fmt]} of {_count(len(raws), 'record')} → {fmt}")
+        report.evidence.append(
+            f"{label}: {needed} in {votes[fmt]} of {count(len(raws), 'record')} → {fmt}{_layout(fmt, columns, mapping)}"
+        )
     used: set[str] = set()
     unused: Counter[str] = Counter()
     for raw in raws:
         columns = {c for c in _resolve(fmt, raw.data, mapping).values() if c}
         used |= columns
-        unused.update(k for k in raw.data if k not in columns)
+        unused.update(k for k in raw.data if k not in columns and not (k == "label" and data.positive_only))
     mapped = [f"{c}→{col}" for c, col in mapping.items()]
     if mapped:
         report.evidence.append(f"{label}: column mapping {', '.join(mapped)}")
     if unused:
         listed = ", ".join(f"'{k}'" for k, _ in unused.most_common(8))
         report.evidence.append(f"{label}: fields not used: {listed}")
-    labels = [r for r in raws if isinstance(r.data.get("label"), bool)]
-    rejected = [r for r in labels if r.data["label"] is False]
-    if rejected:
-        report.warnings.append(
-            f"{label}: {len(rejected)} of {len(raws)} records have label = false (KTO-style preference data, "
-            f"first: record {rejected[0].index}); those answers are examples of what not to say, but supervised "
-            "fine-tuning learns every answer it sees — filter them out first"
-        )
+    if fmt in ("messages", "sharegpt"):
+        column = _resolve(fmt, raws[0].data, mapping)["messages" if fmt == "messages" else "conversations"]
+        speaker_note(raws, column, "role" if fmt == "messages" else "from", data.role_map, report, label)
+    media_note(raws, report, label)
     return fmt
 
 
-def _convert(raw: RawRecord, fmt: str, mapping: dict[str, str], data: DataSection) -> Conversation:
+def _layout(fmt: str, columns: dict[str, str | None], mapping: dict[str, str]) -> str:
+    """' (read as instruction = 'query', output = 'response')' when the columns are not the format's own."""
+    renamed = [
+        f"{name} = '{column}'"
+        for name, column in columns.items()
+        if column and column != name and name not in mapping and column != FIELDS[fmt][name][0]
+    ]
+    return f" (read as {', '.join(renamed)})" if renamed else ""
+
+
+def _convert(
+    raw: RawRecord,
+    fmt: str,
+    mapping: dict[str, str],
+    data: DataSection,
+    shared_tools: list[Any] | None = None,
+) -> Conversation:
     if not _matches(fmt, raw.data, mapping):
         other = best_match(raw.data, mapping)
         resolved = _resolve(fmt, raw.data, mapping)
@@ -331,9 +300,9 @@ def _convert(raw: RawRecord, fmt: str, mapping: dict[str, str], data: DataSectio
     if fmt in ("messages", "sharegpt"):
         key = cols[fmt if fmt == "messages" else "conversations"]
         keys = ("role", "content") if fmt == "messages" else ("from", "value")
-        messages = _turns(raw, key, *keys)  # type: ignore[arg-type]
+        messages = read_turns(raw, key, *keys, data.role_map)  # type: ignore[arg-type]
         system = _optional_string(raw, cols.get("system"))
-        tools = _tools(raw, cols.get("tools"))
+        tools = _tools(raw, cols.get("tools")) or shared_tools
     elif fmt == "alpaca":
         messages = _alpaca(raw, cols)
         system = _optional_string(raw, cols["system"])
@@ -355,7 +324,7 @@ def _convert(raw: RawRecord, fmt: str, mapping: dict[str, str], data: DataSectio
 def _string(raw: RawRecord, column: str | None) -> str:
     value = raw.data.get(column) if column else None
     if not isinstance(value, str):
-        what = "is null" if value is None else f"must be text, not {_kind(value)}"
+        what = "is null" if value is None else f"must be text, not {kind_of(value)}"
         raise raw.error(what, field=column)
     return value
 
@@ -364,12 +333,6 @@ def _optional_string(raw: RawRecord, column: str | None) -> str | None:
     if not column or raw.data.get(column) is None:
         return None
     return _string(raw, column)
-
-
-def _kind(value: Any) -> str:
-    """What a field holds, in the words the error messages use."""
-    names = {list: "a list", dict: "an object", bool: "a boolean", type(None): "null", str: "text"}
-    return names.get(type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
 
 
 def _alpaca(raw: RawRecord, cols: dict[str, str | None]) -> list[dict[str, str]]:
@@ -386,7 +349,7 @@ def _alpaca(raw: RawRecord, cols: dict[str, str | None]) -> list[dict[str, str]]
     if history is not None:
         if not isinstance(history, list):
             raise raw.error(
-                f"must be a list of [user, assistant] pairs, not {_kind(history)}", field=history_col
+                f"must be a list of [user, assistant] pairs, not {kind_of(history)}", field=history_col
             )
         for j, pair in enumerate(history):
             ok = isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
@@ -397,56 +360,6 @@ def _alpaca(raw: RawRecord, cols: dict[str, str | None]) -> list[dict[str, str]]
             messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     prompt = "\n\n".join(p for p in (instruction, extra) if p.strip())
     return [*messages, {"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-
-
-def _turns(raw: RawRecord, column: str, role_key: str, content_key: str) -> list[dict[str, str]]:
-    value = raw.data.get(column)
-    if not isinstance(value, list):
-        raise raw.error(
-            f"must be a list of {{{role_key}, {content_key}}} objects, not {_kind(value)}", field=column
-        )
-    if not value:
-        raise raw.error("is an empty list: the conversation has no turns", field=column)
-    messages: list[dict[str, str]] = []
-    for j, turn in enumerate(value):
-        where = f"{column}[{j}]"
-        if not isinstance(turn, dict):
-            raise raw.error(f"must be a {{{role_key}, {content_key}}} object, not {_kind(turn)}", field=where)
-        rk, ck = role_key, content_key
-        if rk not in turn and "role" in turn:  # ShareGPT files written with OpenAI keys
-            rk, ck = "role", "content"
-        role = turn.get(rk)
-        if not isinstance(role, str):
-            problem = "is missing" if rk not in turn else f"must be text, not {_kind(role)}"
-            raise raw.error(problem, field=f"{where}.{rk}")
-        canonical = ROLES.get(role.strip().lower())
-        if canonical is None:
-            raise raw.error(
-                f"unknown role '{role}'",
-                field=f"{where}.{rk}",
-                hint="use system, user, assistant or tool (ShareGPT: system, human, gpt, function_call, observation)",
-            )
-        content = _content(raw, turn, ck, f"{where}.{ck}")
-        if canonical == "assistant" and not content.strip():
-            raise raw.error("empty assistant answer", field=f"{where}.{ck}")
-        messages.append({"role": canonical, "content": content})
-    if not any(m["role"] == "assistant" for m in messages):
-        raise raw.error("the conversation has no assistant turn, so there is nothing to learn", field=column)
-    return messages
-
-
-def _content(raw: RawRecord, turn: dict[str, Any], key: str, where: str) -> str:
-    content = turn.get(key)
-    if isinstance(content, str):
-        return content
-    if content is None and turn.get("tool_calls"):
-        raise raw.error("is empty and the turn has tool_calls, which are not supported yet", field=where)
-    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
-        if all(p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-            return "".join(p["text"] for p in content)
-        raise raw.error("has non-text parts (images, audio); only text can be trained", field=where)
-    problem = "is missing" if key not in turn else f"must be text, not {_kind(content)}"
-    raise raw.error(problem, field=where)
 
 
 def _tools(raw: RawRecord, column: str | None) -> list[Any] | None:
@@ -461,7 +374,7 @@ def _tools(raw: RawRecord, column: str | None) -> list[Any] | None:
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
-        raise raw.error(f"must be a list of tool definitions, not {_kind(value)}", field=column)
+        raise raw.error(f"must be a list of tool definitions, not {kind_of(value)}", field=column)
     return value or None
 
 
@@ -479,19 +392,15 @@ def _add_warnings(conversations: list[Conversation], report: DetectionReport) ->
     if placeholders:
         conv, example = placeholders[0]
         report.warnings.append(
-            f"template placeholders such as {example} in {_count(len(placeholders), 'record')} (first: "
+            f"template placeholders such as {example} in {count(len(placeholders), 'record')} (first: "
             f"{conv.where()}); the model would learn them literally — fill them in first"
         )
     no_user = [c for c in conversations if c.messages and not any(m["role"] == "user" for m in c.messages)]
     if no_user:
         report.warnings.append(
-            f"{_count(len(no_user), 'conversation')} without a user turn, so the assistant speaks unprompted "
+            f"{count(len(no_user), 'conversation')} without a user turn, so the assistant speaks unprompted "
             f"(first: {no_user[0].where()})"
         )
     with_tools = sum(1 for c in conversations if c.tools)
     if with_tools:
-        report.evidence.append(f"tools (function calling) defined in {_count(with_tools, 'record')}")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+        report.evidence.append(f"tools (function calling) defined in {count(with_tools, 'record')}")

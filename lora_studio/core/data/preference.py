@@ -38,7 +38,10 @@ from lora_studio.core.data.files import (
     readable_records,
     resolve_paths,
 )
-from lora_studio.core.data.formats import ROLES, _content, _kind, error_dict
+from lora_studio.core.data.formats import error_dict
+from lora_studio.core.data.turns import ROLES
+from lora_studio.core.data.turns import kind_of as _kind
+from lora_studio.core.data.turns import text_content as _content
 from lora_studio.core.errors import DatasetError
 
 #: Detection order: the first shape whose fields a record has wins.

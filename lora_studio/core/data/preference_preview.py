@@ -58,11 +58,15 @@ def is_preference_data(data: DataSection, method: str) -> bool:
     A preference method always does. With supervised fine-tuning ("sft") a file whose records are
     chosen/rejected pairs or KTO labels is still shown as preference data — it was made for
     preference tuning, and training it as supervised data would learn the rejected or bad answers
-    too — unless the user chose a record format (``data.format``), which reads it as supervised data.
+    too — unless the user chose a record format (``data.format``) or to keep only the answers
+    labelled true (``data.positive_only``), which read it as supervised data.
     """
     if method != "sft":
         return True
-    return data.format == "auto" and sniff_preference_format(data.path) is not None
+    if data.format != "auto":
+        return False
+    shape = sniff_preference_format(data.path)
+    return shape is not None and not (shape == "kto" and data.positive_only)
 
 
 @dataclass

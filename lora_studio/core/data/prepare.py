@@ -29,6 +29,8 @@ from lora_studio.core.data.formats import (
 )
 from lora_studio.core.data.render import (
     IGNORE,
+    NO_TOOL_CALLS,
+    NO_TOOL_CALLS_HINT,
     Encoder,
     Example,
     TemplateProblem,
@@ -97,7 +99,11 @@ class PreparedDataset:
 
 @dataclass
 class PreviewExample:
-    """One example exactly as the model sees it: text segments marked trained or not."""
+    """One example exactly as the model sees it: text segments marked trained or not.
+
+    ``kinds`` names each segment: "text", or "tool_call", "tool_result", "reasoning" — so a preview
+    can show calls and results apart from the conversation around them.
+    """
 
     segments: list[tuple[str, bool]]
     tokens: int
@@ -107,10 +113,17 @@ class PreviewExample:
     dropped: bool
     location: str
     fallback_template: bool
+    kinds: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """Segments as ``{text, trained}``, with ``kind`` only on tool calls, results and reasoning."""
         data = asdict(self)
-        data["segments"] = [{"text": t, "trained": b} for t, b in self.segments]
+        kinds = self.kinds or ["text"] * len(self.segments)
+        data["segments"] = [
+            {"text": t, "trained": b, **({"kind": k} if k != "text" else {})}
+            for (t, b), k in zip(self.segments, kinds, strict=True)
+        ]
+        del data["kinds"]
         return data
 
 
@@ -154,6 +167,8 @@ def build_dataset(
         (conversations, eval) if eval is not None else split_conversations(conversations, data, seed)
     )
     encoder = Encoder(tokenizer, train_on=data.train_on, max_seq_len=data.max_seq_len)
+    if not data.skip_invalid:
+        check_tool_calls(encoder, conversations if eval is None else conversations + eval, report.files)
     skipped = list(report.skipped)
     train = _encode_all(encoder, train_convs, data.skip_invalid, skipped, cancel)
     held_out = _encode_all(encoder, eval_convs, data.skip_invalid, skipped, cancel) if eval_convs else []
@@ -161,6 +176,9 @@ def build_dataset(
     kept = [e for e in train if e.trainable]
     kept_eval = [e for e in held_out if e.trainable]
     warnings = list(report.warnings)
+    note = hold_out_note(len(conversations), data) if eval is None else None
+    if note:
+        warnings.append(note)
     if not train:
         raise DatasetError(
             "no usable examples: the chat template rejected every conversation",
@@ -218,18 +236,53 @@ def split_conversations(conversations: list[T], data: DataSection, seed: int) ->
     Preference pairs and labelled answers are split by the same rule (``prepare_preference``), so a
     run's held-out part is the same whichever kind of record its file holds.
     """
-    if data.eval_fraction <= 0:
-        return conversations, []
     n = len(conversations)
-    if n < 2:
-        raise DatasetError(
-            f"eval_fraction needs at least 2 records, and there is {n}", hint="set eval_fraction = 0"
-        )
-    k = min(n - 1, max(1, round(n * data.eval_fraction)))
+    k = held_out_count(n, data)
+    if k == 0:
+        return conversations, []
     order = list(range(n))
     random.Random(seed).shuffle(order)
     held = set(order[:k])
     return [c for i, c in enumerate(conversations) if i not in held], [conversations[i] for i in sorted(held)]
+
+
+def held_out_count(records: int, data: DataSection) -> int:
+    """How many of ``records`` a run holds out: none when its share is less than one record (a file
+    too small to spare any trains on all of it, see :func:`hold_out_note`), else
+    ``round(records * share)`` — at most 200 for the default share — never every record.
+
+    The held-out records are the first ones of one seeded order, so a cap changes which records a
+    run trains on but never puts a trained record into an evaluation."""
+    share = data.hold_out_share()
+    if share <= 0 or records * share < 1 - 1e-9:
+        return 0
+    k = min(records - 1, max(1, round(records * share)))
+    cap = data.hold_out_cap()
+    return min(k, cap) if cap else k
+
+
+def hold_out_note(records: int, data: DataSection) -> str | None:
+    """The line that says a file was too small to hold any of it out (None when it was not)."""
+    if data.eval_path or data.hold_out_share() <= 0 or held_out_count(records, data):
+        return None
+    return (
+        f"nothing held out for evaluation: {data.hold_out_share():.0%} of {records} records is less than "
+        "one, so every record trains (evaluate on a separate file, or add records)"
+    )
+
+
+def check_tool_calls(encoder: Encoder, conversations: list[Conversation], files: list[str]) -> None:
+    """One message, not one per record, when the template cannot render the file's tool calls."""
+    if encoder.renders_calls:
+        return
+    calling = [c for c in conversations if any(m.get("tool_calls") for m in c.messages)]
+    if calling:
+        raise DatasetError(
+            f"{len(calling)} of {len(conversations)} conversations have tool calls (first: "
+            f"{calling[0].where()}), but {NO_TOOL_CALLS}",
+            file=files[0] if len(files) == 1 else None,
+            hint=NO_TOOL_CALLS_HINT,
+        )
 
 
 def _encode_all(
@@ -353,22 +406,27 @@ def preview_conversations(
         if len(examples) >= n:
             break
         try:
-            examples.append(_preview_example(encoder.encode(conv), tokenizer, encoder.fallback))
+            example = encoder.encode(conv)
+            examples.append(_preview_example(example, tokenizer, encoder.fallback, encoder.kind_spans(conv)))
         except TemplateProblem:
             continue
     return examples
 
 
-def _preview_example(example: Example, tokenizer: Any, fallback: bool) -> PreviewExample:
+def _preview_example(
+    example: Example, tokenizer: Any, fallback: bool, spans: list[tuple[int, int, str]] | None = None
+) -> PreviewExample:
+    """``spans``: character spans of tool calls, results and reasoning (``Encoder.kind_spans``)."""
     flags = [label != IGNORE for label in example.labels]
-    runs: list[tuple[int, int, bool]] = []  # token ranges with one trained state
-    for i, flag in enumerate(flags):
-        if runs and runs[-1][2] == flag:
-            runs[-1] = (runs[-1][0], i + 1, flag)
+    kinds = _token_kinds(example.offsets, spans) if spans and example.offsets else ["text"] * len(flags)
+    runs: list[tuple[int, int, tuple[bool, str]]] = []  # token ranges with one trained state and kind
+    for i, state in enumerate(zip(flags, kinds, strict=True)):
+        if runs and runs[-1][2] == state:
+            runs[-1] = (runs[-1][0], i + 1, state)
         else:
-            runs.append((i, i + 1, flag))
+            runs.append((i, i + 1, state))
     segments = []
-    for k, (a, b, flag) in enumerate(runs):
+    for k, (a, b, (flag, _)) in enumerate(runs):
         if example.offsets:
             start = example.offsets[a][0] if k else 0
             end = example.offsets[runs[k + 1][0]][0] if k + 1 < len(runs) else example.offsets[b - 1][1]
@@ -377,6 +435,7 @@ def _preview_example(example: Example, tokenizer: Any, fallback: bool) -> Previe
             text = tokenizer.decode(example.ids[a:b])
         segments.append((text, flag))
     return PreviewExample(
+        kinds=[kind for _, _, (_, kind) in runs],
         segments=segments,
         tokens=len(example.ids),
         trainable_tokens=example.trainable,
@@ -386,6 +445,18 @@ def _preview_example(example: Example, tokenizer: Any, fallback: bool) -> Previe
         location=example.conversation.where(),
         fallback_template=fallback,
     )
+
+
+def _token_kinds(offsets: list[tuple[int, int]], spans: list[tuple[int, int, str]]) -> list[str]:
+    """Each token's kind: that of the span its first character is in ("text" outside every span)."""
+    kinds = []
+    k = 0
+    for start, end in offsets:
+        while k < len(spans) and spans[k][1] <= start:
+            k += 1
+        inside = k < len(spans) and spans[k][0] <= start < spans[k][1] and end > start
+        kinds.append(spans[k][2] if inside else "text")
+    return kinds
 
 
 # -- collators ----------------------------------------------------------------------------------

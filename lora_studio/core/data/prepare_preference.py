@@ -36,6 +36,7 @@ from lora_studio.core.data.prepare import (
     PreparedDataset,
     _histogram,
     _length_stats,
+    hold_out_note,
     padding_report,
     split_conversations,
 )
@@ -98,6 +99,9 @@ def prepare_preferences(
     train_items, held_items = (
         (items, eval_items) if eval_items is not None else split_items(items, data, seed)
     )
+    note = hold_out_note(len(items), data) if eval_items is None else None
+    if note:
+        report.warnings.append(note)
     encoder = Encoder(tokenizer, train_on="assistant", max_seq_len=data.max_seq_len)
     skipped = list(report.skipped)
     train = encode_items(encoder, train_items, data, method, skipped, cancel)

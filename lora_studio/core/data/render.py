@@ -11,6 +11,13 @@ matched to characters with the tokenizer's offsets (any overlap with a span trai
 A template that renders a prefix differently from the start of the whole conversation cannot be
 masked this way, and is refused with a located error suggesting ``train_on = 'all'``.
 
+Tool calls and reasoning. An assistant turn's ``tool_calls`` are rendered by the template itself
+(``apply_chat_template(..., tools=...)``) and trained like its text; tool results are context. A
+template with no ``tool_calls`` in it cannot render calls: such conversations are refused with one
+message, never trained as empty answers. Reasoning (``reasoning_content``) goes to the template when
+it renders it (Qwen3 and others), else into the answer as a ``<think>…</think>`` block, as
+distilled reasoning models write it; either way it is part of the trained answer.
+
 Plain-text documents are the text followed by the end-of-sequence token, every token trained.
 Without a chat template, :data:`FALLBACK_CHAT_TEMPLATE` is used (and reported): each turn is
 ``Role:\\n<content>\\n\\n``, assistant turns end with the eos token before the blank line.
@@ -21,6 +28,7 @@ Qt-free; the tokenizer is passed in, nothing heavy is imported here.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +47,13 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 _TOOLS_NOTE = (
     "You can call these tools. To call one, answer with a JSON object naming it and its arguments:\n"
+)
+_THINKING_KEY = re.compile(r"message(\.thinking\b|\[\s*['\"]thinking['\"]\s*\])")
+NO_TOOL_CALLS = "the model's chat template cannot render tool calls"
+NO_TOOL_CALLS_HINT = (
+    "train a model whose chat template supports tools (Qwen2.5 or Qwen3 Instruct, Llama 3.1+ Instruct, "
+    "Mistral Instruct); the bundled default model's template has no tool support — or write the calls as "
+    "ShareGPT function_call / observation turns, which are trained as plain text"
 )
 
 
@@ -80,6 +95,14 @@ class Encoder:
         self.tokenizer = tokenizer
         self.template, self.fallback = chat_template_for(tokenizer)
         self.renders_tools = "tools" in self.template
+        self.renders_calls = "tool_calls" in self.template and not self.fallback
+        self.reasoning_key = (
+            "reasoning_content"
+            if "reasoning_content" in self.template
+            else "thinking"
+            if _THINKING_KEY.search(self.template)
+            else None
+        )
         self.train_on = train_on
         self.max_seq_len = max_seq_len
 
@@ -105,7 +128,7 @@ class Encoder:
             text = conv.text + (self.tokenizer.eos_token or "")
             spans = None
         else:
-            messages, tools = _with_tools(conv.messages, conv.tools, self.renders_tools)
+            messages, tools = self.prepared(conv)
             answer_from += len(messages) - len(conv.messages)  # a system note may have been put first
             text = self.render(messages, tools)
             spans = (
@@ -129,6 +152,56 @@ class Encoder:
             labels = [tid if flag else IGNORE for tid, flag in zip(ids, flags, strict=True)]
         n = self.max_seq_len
         return Example(ids[:n], labels[:n], text, offsets[:n] if offsets else None, len(ids), conv)
+
+    def prepared(self, conv: Conversation) -> tuple[list[dict[str, Any]], list[Any] | None]:
+        """The messages and tools as this template takes them (reasoning placed, tools noted)."""
+        if not self.renders_calls and any(m.get("tool_calls") for m in conv.messages):
+            raise TemplateProblem(
+                f"the conversation has tool calls, but {NO_TOOL_CALLS}; {NO_TOOL_CALLS_HINT}"
+            )
+        messages = [_with_reasoning(m, self.reasoning_key) for m in conv.messages]
+        return _with_tools(messages, conv.tools, self.renders_tools)
+
+    def kind_spans(self, conv: Conversation) -> list[tuple[int, int, str]]:
+        """Character spans of the rendered conversation that are tool calls, tool results or reasoning.
+
+        For the preview only (a few renders per turn). A turn's span runs from where the rendering
+        of the turns before it stops matching the whole to where its own does, so a template that
+        groups consecutive results (Qwen) still gives each result its own span. [] when the
+        template renders prefixes differently.
+        """
+        if conv.text is not None:
+            return []
+        try:
+            return self._kind_spans(conv)
+        except TemplateProblem:
+            return []
+
+    def _kind_spans(self, conv: Conversation) -> list[tuple[int, int, str]]:
+        messages, tools = self.prepared(conv)
+        full = self.render(messages, tools)
+        ends = [0] + [_common(self.render(messages[: i + 1], tools), full) for i in range(len(messages))]
+        spans = []
+        shift = len(messages) - len(conv.messages)  # a tools note may have been put first
+        for i, message in enumerate(messages):
+            start, end = ends[i], ends[i + 1]
+            original = conv.messages[i - shift] if i >= shift else message
+            reasoning = (original.get("reasoning_content") or "").strip()
+            found = full.find(reasoning, start, end) if reasoning else -1
+            if found >= 0:
+                spans.append((found, found + len(reasoning), "reasoning"))
+                start = found + len(reasoning)
+            if message["role"] == "tool":
+                spans.append((start, end, "tool_result"))
+            elif message.get("tool_calls"):
+                if found < 0:  # from where the assistant's own tokens start, after its header
+                    start = max(start, _common(self.render(messages[:i], tools, generation=True), full))
+                text = original["content"].strip()
+                at = full.find(text, start, end) if text else -1
+                call_start = at + len(text) if at >= 0 else start
+                # up to the end-of-turn token: the newline a template writes after it is not generated
+                spans.append((call_start, call_start + len(full[call_start:end].rstrip()), "tool_call"))
+        return sorted(s for s in spans if s[1] > s[0])
 
     def assistant_spans(
         self, messages: list[dict[str, str]], tools: Any, full: str, answer_from: int = 0
@@ -166,6 +239,34 @@ def _trained_flags(offsets: list[tuple[int, int]], spans: list[tuple[int, int]])
             k += 1
         flags.append(k < len(spans) and end > start and start < spans[k][1] and end > spans[k][0])
     return flags
+
+
+def _common(a: str, b: str) -> int:
+    """Length of the common start of two strings."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    low, high = 0, n
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _with_reasoning(message: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """Reasoning where the template reads it, or as a ``<think>`` block before the answer."""
+    reasoning = message.get("reasoning_content")
+    if not reasoning or key == "reasoning_content":
+        return message
+    out = {k: v for k, v in message.items() if k != "reasoning_content"}
+    if key is not None:
+        out[key] = reasoning
+    else:
+        out["content"] = f"<think>\n{reasoning.strip()}\n</think>\n\n{message['content']}"
+    return out
 
 
 def _with_tools(

@@ -19,8 +19,10 @@ from lora_studio.core.evaluate.run import (
     evaluate,
     list_evaluations,
     load_examples,
+    sample_examples,
     task_metric,
 )
+from lora_studio.core.evaluate.time_left import TimeLeft
 
 __all__ = [
     "METRIC_CHOICES",
@@ -33,6 +35,7 @@ __all__ = [
     "Interval",
     "ModelResult",
     "ModelSpec",
+    "TimeLeft",
     "choose_metric",
     "display_labels",
     "evaluate",
@@ -43,5 +46,6 @@ __all__ = [
     "mean_of",
     "paired_difference",
     "ratio_of",
+    "sample_examples",
     "task_metric",
 ]

@@ -192,9 +192,11 @@ def load_eval_set(
             eval_section = section.model_copy(update={"path": section.eval_path, "eval_path": None})
             conversations, _ = load_conversations(eval_section, cancel=cancel)
             name, source = Path(section.eval_path).name, section.eval_path
-        elif section.eval_fraction > 0:
+        elif section.hold_out_share() > 0:
             everything, _ = load_conversations(section, cancel=cancel)
             conversations = split_conversations(everything, section, config.training.seed)[1]
+            if not conversations:
+                raise _too_small(run, f"{len(everything)} records", section, "dataset")
             name, source = _split_names(run, section)
         else:
             raise EvaluationError(
@@ -211,9 +213,19 @@ def load_eval_set(
     return EvalSet(name=name, source=source, data=settings, items=items)
 
 
+def _too_small(run: RunFolder, records: str, section: DataSection, what: str) -> EvaluationError:
+    """A run whose file was too small to hold anything out (its data preview said so)."""
+    return EvaluationError(
+        f"{run.run_id} trained on all of its {records}: {section.hold_out_share():.0%} of them is "
+        "less than one, so none were held out to evaluate it on",
+        hint=f"choose a {what} file to evaluate on (in the app: Examples → a file; on the command line: "
+        "--data FILE); scoring it on its own training data would flatter it",
+    )
+
+
 def _split_names(run: RunFolder, section: DataSection) -> tuple[str, str]:
     """(name, source) of a run's held-out split, as the eval set reports them."""
-    return f"eval split of {run.run_id}", f"{section.path} ({section.eval_fraction:g} held out)"
+    return f"eval split of {run.run_id}", f"{section.path} ({section.hold_out_words()} held out)"
 
 
 def _preference_set(
@@ -240,11 +252,14 @@ def _preference_set(
                 section.eval_path, skip_invalid=section.skip_invalid, cancel=cancel
             )
             name, source = Path(section.eval_path).name, section.eval_path
-        elif section.eval_fraction > 0:
+        elif section.hold_out_share() > 0:
             everything, report = load_preferences(
                 section.path, skip_invalid=section.skip_invalid, cancel=cancel
             )
             items = split_items(everything, section, config.training.seed)[1]
+            if not items:
+                unit = "answers" if method == "kto" else "pairs"
+                raise _too_small(run, f"{len(everything)} {unit}", section, "preference")
             name, source = _split_names(run, section)
         else:
             raise EvaluationError(

@@ -212,7 +212,7 @@ def evaluate(
     if not 0 <= options.baseline < len(models):
         raise EvaluationError(f"baseline {options.baseline} is not one of the {len(models)} models")
     models = _unique_labels(models)
-    eval_set = _sampled(eval_set, options)
+    eval_set = sample_examples(eval_set, options)
     task, reason, notes = task_metric(eval_set, options)
     if task in m.PREFERENCE_TASKS:
         results = _evaluate_preferences(models, eval_set, task, options, cancel, notes, progress)
@@ -551,8 +551,9 @@ def _encode(tokenizer: Any, eval_set: EvalSet, notes: list[str]) -> list[Any]:
     return examples
 
 
-def _sampled(eval_set: EvalSet, options: EvalOptions) -> EvalSet:
-    """A seeded sample of ``max_examples`` (file order kept, re-indexed), or the set itself."""
+def sample_examples(eval_set: EvalSet, options: EvalOptions) -> EvalSet:
+    """A seeded sample of ``max_examples`` (file order kept, re-indexed), or the set itself: what
+    :func:`evaluate` measures, and what the Evaluate page counts before it runs."""
     n = len(eval_set.items)
     if options.max_examples is None or options.max_examples >= n:
         return eval_set

@@ -4,10 +4,11 @@
 run folder, model, LoRA, samples, the loop, the finish — everything the outside learns arrives as
 ``events``. ``trainer`` is the loop on ``transformers.Trainer`` (imported only when a run starts:
 it pulls in torch); ``memory_saving`` holds the chunked loss, lean k-bit preparation and offloaded
-checkpoints; ``monitor`` samples GPU/CPU memory; ``shared`` lends a paused run's model to chat;
+checkpoints; ``monitor`` samples GPU/CPU memory; ``clock`` is the run's one clock; ``shared`` lends a paused run's model to chat;
 ``distributed`` and ``launch`` spread a run over several GPUs. Depends on ``data`` and the base.
 """
 
+from lora_studio.core.train.clock import RunClock, format_duration
 from lora_studio.core.train.distributed import World
 from lora_studio.core.train.engine import (
     RunResult,
@@ -26,12 +27,14 @@ __all__ = [
     "DeviceSummary",
     "LaunchBundle",
     "MemorySampler",
+    "RunClock",
     "RunResult",
     "SharedModel",
     "TrainingRun",
     "World",
     "accelerate_command",
     "device_summary",
+    "format_duration",
     "linear_module_names",
     "loss_chunk_tokens",
     "resume",

@@ -10,6 +10,7 @@ run from its last complete checkpoint. Everything the outside world learns arriv
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import logging
@@ -29,14 +30,18 @@ from lora_studio.core.errors import (
     OutOfMemoryError,
     TrainingError,
 )
-from lora_studio.core.faults import FaultSpec, parse_faults
+from lora_studio.core.faults import FaultSpec, hold, parse_faults
 from lora_studio.core.runs import LIVE_STATES, RunFolder, replace_dir
 from lora_studio.core.train import events as ev
+from lora_studio.core.train.clock import RunClock
 from lora_studio.core.train.distributed import World
 from lora_studio.core.train.long_context import SaverDecider
 from lora_studio.core.train.shared import SharedModel
 
 log = logging.getLogger(__name__)
+
+#: Sample answers report their progress at most this often (the first token of each always).
+SAMPLE_PROGRESS_EVERY_S = 0.25
 
 OOM_HINT = (
     "reduce memory: lower training.batch_size (raise grad_accum to keep the effective batch), lower "
@@ -190,11 +195,13 @@ class TrainingRun:
         self.tokenizer: Any = None
         self.initial_adapter: Path | None = None  # preference.init_adapter, found and checked
         self.lock = threading.Lock()  # held while the model trains a step; chat takes it to generate
+        self.clock = RunClock()  # the run's working time: every duration shown reads it
 
     # -- the recipe -------------------------------------------------------------------------
 
     def run(self) -> RunResult:
         started = time.monotonic()
+        self.clock = RunClock(self._elapsed_before())
         try:
             from lora_studio.core.models import pick_device
             from lora_studio.core.train import distributed
@@ -268,7 +275,7 @@ class TrainingRun:
             self.folder = created or RunFolder(Path(path), writer=False)
         else:
             self.folder.writer = self.world.is_main
-            self.folder.write_status("running", error=None)
+            self.write_status("running", error=None)
 
     def _setup_model(self) -> None:
         from lora_studio.core.models import FourBitLayout, load_model, pick_dtype
@@ -313,7 +320,36 @@ class TrainingRun:
         if not prompts or not self.world.is_main:
             return
         self.emit(ev.Phase("sampling", f"answering {len(prompts)} prompts ({stage} training)"))
-        answers = generate_samples(self.model, self.tokenizer, prompts, self.config)
+        last = [0.0]
+
+        fault = self.faults.get("sample_pause") if stage == "before" else None
+
+        def progress(index: int, tokens: int, text: str, done: bool = False) -> None:
+            if fault is not None and index == 0 and tokens == fault.step:
+                last[0] = 0.0  # reported before it holds
+            # at most a few events a second: a JSON-lines listener (the CLI's --json) writes each
+            now = time.monotonic()
+            if tokens and not done and now - last[0] < SAMPLE_PROGRESS_EVERY_S:
+                return
+            last[0] = now
+            self.emit(
+                ev.SampleProgress(
+                    stage, index, len(prompts), prompts[index], tokens,
+                    self.config.training.sample_max_new_tokens, text, done,
+                )
+            )  # fmt: skip
+            if fault is not None and index == 0 and tokens == fault.step:
+                hold(fault, f"at token {tokens} of the first sample answer",
+                     until=lambda: self.cancel.is_set() or self.pause.is_set())  # fmt: skip
+
+        with self.lock:  # a chat with the run's model (Pause pressed meanwhile) waits for them
+            answers = generate_samples(
+                self.model, self.tokenizer, prompts, self.config, progress=progress, cancel=self.cancel
+            )
+        if stage == "before":
+            self.check_cancel()  # stopped before the first step; after training, Stop only skips the rest
+        if not answers:
+            return
         assert self.folder is not None
         for prompt, answer in answers:
             self.folder.append_sample(
@@ -365,7 +401,7 @@ class TrainingRun:
         metrics = self.folder.metrics()
         final_loss = next((m["loss"] for m in reversed(metrics) if m.get("loss") is not None), None)
         final_eval = next((m["eval_loss"] for m in reversed(metrics) if m.get("eval_loss") is not None), None)
-        self.folder.write_status(
+        self.write_status(
             "completed",
             step=self.step,
             final_loss=final_loss,
@@ -380,7 +416,7 @@ class TrainingRun:
                 str(adapter),
                 final_loss,
                 final_eval,
-                time.monotonic() - started,
+                self.clock.elapsed(),
             )
         )
         return RunResult("completed", self.folder.path, adapter, self.step, final_loss, final_eval)
@@ -388,7 +424,7 @@ class TrainingRun:
     def _finish_cancelled(self, started: float) -> RunResult:
         assert self.folder is not None
         adapter = self.folder.adapter_dir if self.folder.adapter_dir.is_dir() else None
-        self.folder.write_status("cancelled", step=self.step, finished_at=time.time())
+        self.write_status("cancelled", step=self.step, finished_at=time.time())
         self.emit(
             ev.Finished(
                 "cancelled",
@@ -397,7 +433,7 @@ class TrainingRun:
                 str(adapter) if adapter else None,
                 None,
                 None,
-                time.monotonic() - started,
+                self.clock.elapsed(),
             )
         )
         return RunResult("cancelled", self.folder.path, adapter, self.step, None, None)
@@ -415,7 +451,7 @@ class TrainingRun:
 
     def _fail(self, error: LoraStudioError) -> None:
         if self.folder is not None:
-            self.folder.write_status(
+            self.write_status(
                 "failed",
                 step=self.step,
                 error=str(error),
@@ -460,6 +496,8 @@ class TrainingRun:
     # -- plumbing ---------------------------------------------------------------------------
 
     def emit(self, event: ev.Event) -> None:
+        if getattr(event, "elapsed_s", 0.0) is None:  # stamped with the run's one clock
+            event = dataclasses.replace(event, elapsed_s=round(self.clock.elapsed(), 3))  # type: ignore[type-var]
         if isinstance(event, ev.Phase | ev.RunStarted):
             self.phase = event.name if isinstance(event, ev.Phase) else "training"
         if self._listener is None or not self.world.is_main:
@@ -469,18 +507,41 @@ class TrainingRun:
         except Exception:  # a broken listener must not lose the user's run
             log.exception("event listener failed on %s", event.kind)
 
-    def wait_while_paused(self) -> None:
-        """Hold at a step boundary while paused; the model is idle and free for chat meanwhile."""
+    def wait_while_paused(self) -> float:
+        """Hold at a step boundary while paused; the model is idle and free for chat meanwhile.
+
+        Returns the seconds held: the run's clock stands still meanwhile, and rates measured across
+        the pause (tokens per second) must leave them out."""
         if not self.pause.is_set() or self.cancel.is_set():
-            return
+            return 0.0
+        self.clock.pause()
         if self.folder is not None:  # the Runs page and `lora-studio runs` say so too
-            self.folder.write_status("paused", step=self.step)
+            self.write_status("paused", step=self.step)
         self.emit(ev.Paused(step=self.step, paused=True))
         while self.pause.is_set() and not self.cancel.is_set():
             time.sleep(0.05)
+        held = self.clock.resume()
         if self.folder is not None:
-            self.folder.write_status("running", step=self.step)
+            self.write_status("running", step=self.step)
         self.emit(ev.Paused(step=self.step, paused=False))
+        return held
+
+    def write_status(self, state: str, **fields: Any) -> None:
+        """status.json, with the run's clock: the Runs page and `lora-studio runs` read its duration."""
+        if self.folder is not None:
+            self.folder.write_status(state, elapsed_s=round(self.clock.elapsed(), 3), **fields)
+
+    def _elapsed_before(self) -> float:
+        """A resumed run's working time up to the checkpoint it continues from (0 for a new run)."""
+        if self.folder is None:
+            return 0.0
+        found = self.folder.latest_checkpoint()
+        if found is None:
+            return 0.0
+        times = [
+            m["elapsed_s"] for m in self.folder.metrics() if m.get("step", 0) <= found[0] and "elapsed_s" in m
+        ]
+        return float(times[-1]) if times else 0.0
 
     def check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -594,10 +655,33 @@ def linear_module_names(model: Any) -> set[str]:
 
 
 def generate_samples(
-    model: Any, tokenizer: Any, prompts: list[str], config: RunConfig
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    config: RunConfig,
+    *,
+    progress: Any = None,
+    cancel: threading.Event | None = None,
 ) -> list[tuple[str, str]]:
-    """Greedy answers, rendered with the same template (or fallback template) as the training data."""
+    """Greedy answers, rendered with the same template (or fallback template) as the training data.
+
+    ``progress(index, tokens, text, done)`` hears each prompt start, each token and each finished
+    answer: answering takes seconds on a GPU but minutes for a 4-bit model on a CPU, before the
+    first step. Setting ``cancel`` ends the answer being written at its next token (the caller then
+    stops the run); an answer cut short is left out."""
     import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Watch(StoppingCriteria):
+        def __init__(self, index: int, start: int) -> None:
+            self.index, self.start = index, start
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            if progress is not None:
+                new = input_ids[0, self.start :]
+                progress(self.index, int(new.shape[0]), tokenizer.decode(new, skip_special_tokens=True))
+            stop = cancel is not None and cancel.is_set()
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
     from lora_studio.core.data import chat_template_for
 
@@ -606,7 +690,11 @@ def generate_samples(
     model.eval()
     answers = []
     try:
-        for prompt in prompts:
+        for index, prompt in enumerate(prompts):
+            if cancel is not None and cancel.is_set():
+                break
+            if progress is not None:
+                progress(index, 0, "")
             messages = []
             if config.data.system_prompt:
                 messages.append({"role": "system", "content": config.data.system_prompt})
@@ -626,9 +714,15 @@ def generate_samples(
                     do_sample=False,
                     use_cache=True,
                     pad_token_id=tokenizer.pad_token_id,
+                    stopping_criteria=StoppingCriteriaList([Watch(index, inputs["input_ids"].shape[1])]),
                 )
-            answer = tokenizer.decode(out[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            answers.append((prompt, answer.strip()))
+            if cancel is not None and cancel.is_set():
+                break  # an answer cut short is not the model's answer
+            new_tokens = out[0][inputs["input_ids"].shape[1] :]
+            answer = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+            answers.append((prompt, answer))
+            if progress is not None:
+                progress(index, int(new_tokens.shape[0]), answer, True)
     finally:
         model.train(was_training)
     return answers

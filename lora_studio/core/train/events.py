@@ -34,6 +34,7 @@ class Phase(Event):
 
     name: str  # "resolving model" | "preparing data" | "loading model" | "sampling" | "saving adapter" ...
     detail: str = ""
+    elapsed_s: float | None = None  # the run's clock (core/train/clock.py); the engine stamps it
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class RunStarted(Event):
     resumed_from_step: int = 0
     world_size: int = 1
     global_batch: int = 0  # per-device batch x accumulation x processes
+    elapsed_s: float | None = None  # the run's clock, earlier sessions of a resumed run included
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,29 @@ class Samples(Event):
 
 
 @dataclass(frozen=True)
+class SampleProgress(Event):
+    """A sample answer being written, token by token: before the first step this is all a run does
+    for a while (minutes for a quantized model on a CPU), so a person is shown which prompt and how
+    far — and can stop it."""
+
+    stage: str  # "before" | "after"
+    index: int  # the prompt being answered, from 0
+    total: int  # prompts to answer
+    prompt: str
+    tokens: int  # generated so far
+    max_tokens: int
+    text: str  # the answer so far
+    done: bool = False  # the answer is complete (its final text; always reported)
+    elapsed_s: float | None = None
+
+
+@dataclass(frozen=True)
 class Paused(Event):
     """Training is held at a step boundary (``paused``) or continues (``not paused``)."""
 
     step: int
     paused: bool
+    elapsed_s: float | None = None  # the run's clock, which stands still while paused
 
 
 @dataclass(frozen=True)
@@ -140,6 +160,7 @@ _KINDS: dict[type, str] = {
     Evaluation: "eval",
     CheckpointSaved: "checkpoint",
     Samples: "samples",
+    SampleProgress: "sample_progress",
     Paused: "paused",
     Finished: "finished",
     Failed: "failed",

@@ -430,20 +430,23 @@ class _EngineCallback(TrainerCallback):
         self.nan_step: int | None = None
         self.nan_value = ""
         self.last_eval_step = -1
-        self._t0 = time.monotonic()
-        self._last_t = self._t0
+        # times on the run's clock (run.clock), which stands still while paused: a paused minute is
+        # neither a slow step in the Speed plot nor in the ETA
+        self._t0 = 0.0  # when this session's first step began
+        self._last_t = 0.0
         self._last_tokens = 0
+        self._pause_after_log = False  # a pause asked for at a logged step waits until it is logged
         self.step_tokens: deque[int] = deque()  # replaced by the trainer's own queue
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         run = self.run
         assert run.folder is not None
-        self._t0 = self._last_t = time.monotonic()
+        self._t0 = self._last_t = run.clock.elapsed()
         self._last_tokens = self._tokens_before = self.tokens_seen
         model = run.model
         trainable = count_parameters(model, trainable_only=True)
         total = count_parameters(model)  # 4-bit weights as the weights they stand for
-        run.folder.write_status("running", step=state.global_step, total_steps=state.max_steps)
+        run.write_status("running", step=state.global_step, total_steps=state.max_steps)
         run.emit(
             ev.RunStarted(
                 run_id=run.folder.run_id,
@@ -468,7 +471,12 @@ class _EngineCallback(TrainerCallback):
         self.run.step = state.global_step
         while self.step_tokens:
             self.tokens_seen += self.step_tokens.popleft()
-        self.run.wait_while_paused()
+        if control.should_log and not self.run.world.distributed:
+            # hold after this step's point is logged: the plots, progress bar and status.json then
+            # all say the step the run is paused at
+            self._pause_after_log = True
+        else:
+            self.run.wait_while_paused()
         if any_rank(self.run.cancel.is_set()):  # rank 0's stop is every rank's stop
             control.should_training_stop = True
             control.should_save = True  # a cancelled run can be resumed from exactly here
@@ -503,14 +511,14 @@ class _EngineCallback(TrainerCallback):
             return
         self.tokens_seen = self._tokens_before + sum_ranks(self.tokens_seen - self._tokens_before)
         self._tokens_before = self.tokens_seen
-        mono = time.monotonic()
-        interval = max(mono - self._last_t, 1e-9)
+        now_s = run.clock.elapsed()
+        interval = max(now_s - self._last_t, 1e-9)
         tokens_per_s = (self.tokens_seen - self._last_tokens) / interval
-        self._last_t, self._last_tokens = mono, self.tokens_seen
+        self._last_t, self._last_tokens = now_s, self.tokens_seen
         done = state.global_step - self.resumed_from
-        elapsed = mono - self._t0
+        training = now_s - self._t0  # this session's steps: loading and sample answers are done
         remaining = state.max_steps - state.global_step
-        eta = elapsed / done * remaining if done > 0 else None
+        eta = training / done * remaining if done > 0 else None
         mem = self.sampler.sample()
         grad_norm = logs.get("grad_norm")
         preference = preference_metrics(logs)
@@ -522,13 +530,13 @@ class _EngineCallback(TrainerCallback):
             "grad_norm": _finite(grad_norm),
             "tokens_per_s": round(tokens_per_s, 2),
             "tokens_seen": self.tokens_seen,
-            "elapsed_s": round(elapsed, 3),
+            "elapsed_s": round(now_s, 3),
             "mem": mem,
             **preference,
             "t": now,
         }
         run.folder.append_metrics(record)
-        run.folder.write_status("running", step=state.global_step, total_steps=state.max_steps)
+        run.write_status("running", step=state.global_step, total_steps=state.max_steps)
         run.emit(
             ev.Step(
                 step=state.global_step,
@@ -539,7 +547,7 @@ class _EngineCallback(TrainerCallback):
                 grad_norm=record["grad_norm"],
                 tokens_per_s=tokens_per_s,
                 tokens_seen=self.tokens_seen,
-                elapsed_s=elapsed,
+                elapsed_s=now_s,
                 eta_s=eta,
                 mem=mem,
                 preference=preference,
@@ -552,6 +560,9 @@ class _EngineCallback(TrainerCallback):
                 f"after step {state.global_step}",
                 until=lambda: run.cancel.is_set() or run.pause.is_set(),
             )
+        if self._pause_after_log:
+            self._pause_after_log = False
+            run.wait_while_paused()
         if run.cancel.is_set() and not run.world.distributed:  # stop before the next step starts
             control.should_training_stop = True
             control.should_save = True

@@ -2,11 +2,15 @@
 
 Every change (file, format, mapping, sequence length, train-on...) re-reads and re-tokenizes the
 data in a background task exactly as training will, so the statistics and the preview are the
-truth, not a guess. Problems are listed with file, line, record and field.
+truth, not a guess. Problems are listed with file, line, record and field. What a file holds
+besides its records is said where it can be acted on: speakers with no known role get a small
+table of roles to choose (pre-filled with a guess), true/false labels a choice to keep only the
+records labelled true, and the preview marks tool calls, tool results and reasoning.
 """
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from PySide6.QtCore import Qt
@@ -124,6 +128,21 @@ class DataPage(Page):
         self.method_hint.setWordWrap(True)
         self.method_hint.setVisible(False)
         card.add(self.method_hint)
+        # thumbs up/down labels: one choice beside the warning (supervised training learns every answer)
+        self.labels_form = Form(self.state, self.title)
+        self.labels_form.add_field("data.positive_only", "Keep only the records labelled true (thumbs up)")
+        self.labels_form.setVisible(False)
+        card.add(self.labels_form)
+        self.speaker_box = QWidget()
+        box = QVBoxLayout(self.speaker_box)
+        box.setContentsMargins(0, 4, 0, 0)
+        title = QLabel("<b>Speakers</b>")
+        box.addWidget(title)
+        self.speakers = self.views.SpeakerTable()
+        self.speakers.mapping_chosen.connect(lambda mapping: self.state.set_value("data.role_map", mapping))
+        box.addWidget(self.speakers)
+        self.speaker_box.setVisible(False)
+        card.add(self.speaker_box)
         self.mapping = Foldable("Column mapping")
         self.mapping_grid = QGridLayout(self.mapping.content)
         self.mapping_grid.setContentsMargins(0, 0, 0, 0)
@@ -135,7 +154,13 @@ class DataPage(Page):
         form = Form(self.state, self.title)
         form.add_field("data.train_on", "Learn from", choices=TRAIN_ON)
         form.add_field("data.max_seq_len", "Longest example", unit="tokens", minimum=8, maximum=1_048_576)
-        form.add_field("data.eval_fraction", "Held out for evaluation", kind="float", unit="(0 to 0.5)")
+        form.add_field(
+            "data.eval_fraction",
+            "Held out for evaluation",
+            kind="optional_float",
+            unit="(0 to 0.5)",
+            none_text="10%, at most 200",
+        )
         form.add_field("data.packing", "Pack several examples per row (faster on mixed lengths)")
         card.add(form)
         advanced = Foldable("Advanced: eval file, system prompt, invalid records")
@@ -143,6 +168,7 @@ class DataPage(Page):
         QVBoxLayout(advanced.content).addWidget(inner)
         inner.add_field("data.eval_path", "Separate eval file", kind="optional_text")
         inner.add_field("data.system_prompt", "System prompt", kind="optional_text")
+        inner.add_field("data.tools_path", "Tool definitions file", kind="optional_text")
         inner.add_field("data.skip_invalid", "Skip invalid records (and list them) instead of stopping")
         inner.add_field(
             "data.txt_split",
@@ -225,9 +251,13 @@ class DataPage(Page):
     def _show(self, overview: jobs.DataOverview) -> None:
         self.overview = overview
         stats, error = overview.stats, overview.error
-        self.evidence.setText("<br>".join(overview.evidence + [f"⚠ {w}" for w in overview.warnings]))
+        lines = overview.evidence + [f"⚠ {w}" for w in overview.warnings]
+        self.evidence.setText(
+            "<br>".join(html.escape(line, quote=False) for line in lines)
+        )  # '<image>' stays visible
         self._fill_mapping(overview)
         self._show_method_hint(overview.preference)
+        self._show_labels_and_speakers(overview)
         self.problems.set_problems(overview.problems, overview.problem_count)
         self.problems_empty.setVisible(not overview.problems)
         self.problems.setVisible(bool(overview.problems))
@@ -341,10 +371,11 @@ class DataPage(Page):
         method = self.state.config.training.method
         fits = methods_text(found.kind)
         if method == "sft":
+            keep = " — or keep only the answers labelled true, below" if found.kind == "labels" else ""
             text = (
                 f"<span style='color:{t.warn}'>⚠ Preference data: choose {fits} as the <b>Method</b> on the "
                 "Train page (supervised fine-tuning would also learn the "
-                f"{'rejected' if found.kind == 'pairs' else 'bad'} answers).</span>"
+                f"{'rejected' if found.kind == 'pairs' else 'bad'} answers){keep}.</span>"
             )
         elif method not in found.methods:
             text = (
@@ -361,9 +392,25 @@ class DataPage(Page):
         self.method_hint.setText(text)
         self.method_hint.setVisible(True)
 
+    def _show_labels_and_speakers(self, overview: jobs.DataOverview | None) -> None:
+        """The label choice when the records carry true/false labels; the speaker table when names
+        have no known role (or a mapping is in use)."""
+        data = self.state.config.data
+        kto = (
+            overview is not None and overview.preference is not None and overview.preference.kind == "labels"
+        )
+        labelled = overview is not None and bool(overview.labels)
+        sft = self.state.config.training.method == "sft"
+        self.labels_form.setVisible(data.positive_only or (sft and (labelled or kto)))
+        unknown = overview.speakers if overview is not None else {}
+        self.speaker_box.setVisible(bool(unknown or data.role_map))
+        if unknown or data.role_map:
+            self.speakers.set_speakers(unknown, data.role_map)
+
     def _failed(self, error: Exception) -> None:
         self.status.setText("The data could not be read.")
         self._show_method_hint(None)
+        self._show_labels_and_speakers(None)
         self.messages.show_error(error)
         self.preview.set_examples([])
         self._fill_numbers(None)

@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from lora_studio.core.errors import CancelledError
-from lora_studio.core.evaluate import EvaluationError
+from lora_studio.core.evaluate import EvaluationError, TimeLeft
 from lora_studio.core.evaluate.metrics import PREFERENCE_TASKS, TASK_METRICS
 from lora_studio.gui import workers
 from lora_studio.gui.pages import Page
@@ -66,19 +66,25 @@ class EvalPreview:
     metric: str | None
     reason: str
     notes: list[str]
+    loads: int = 1  # distinct models loaded (a base compared with its fine-tune is one)
 
 
 def preview(request: EvalRequest, cancel: threading.Event) -> EvalPreview:
-    """Check the models and read the eval set (a background task: files only, no weights)."""
-    from lora_studio.core.evaluate import task_metric
+    """Check the models and read the eval set (a background task: files only, no weights). The
+    count is what will be evaluated: the seeded sample when Max examples is set."""
+    from lora_studio.core.evaluate import sample_examples, task_metric
 
     request.options.check()
     models = request.models()
     eval_set = request.eval_set(models, cancel)
     if not eval_set.items:
         raise EvaluationError(f"{eval_set.source}: no examples to evaluate", hint="choose another eval set")
+    eval_set = sample_examples(eval_set, request.options)
     metric, reason, notes = task_metric(eval_set, request.options)
-    return EvalPreview([s.label for s in models], len(eval_set.items), eval_set.name, metric, reason, notes)
+    loads = len({s.load_key for s in models})
+    return EvalPreview(
+        [s.label for s in models], len(eval_set.items), eval_set.name, metric, reason, notes, loads
+    )
 
 
 class EvaluateWorker(workers.Worker):
@@ -150,6 +156,7 @@ class EvaluatePage(Page):
         self.ready: EvalPreview | None = None
         self.result: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
         self._started = 0.0
+        self._time_left: TimeLeft | None = None
         self._has_task = True
         self._prefilled = False
         self.checker = workers.BackgroundTask(self, delay_ms=250)
@@ -301,6 +308,8 @@ class EvaluatePage(Page):
         request = self.form.request()
         self._has_task = self.ready.metric in TASK_METRICS  # answers are generated
         self._started = time.monotonic()
+        ready = self.ready
+        self._time_left = TimeLeft(len(ready.labels), ready.examples, self._has_task, ready.loads)
         self.progress.setValue(0)
         self.progress.setVisible(True)
         self.progress_label.setText("Starting…")
@@ -322,9 +331,11 @@ class EvaluatePage(Page):
         fraction = progress_fraction(event, self._has_task)
         self.progress.setValue(round(1000 * fraction))
         text = progress_text(event)
-        elapsed = time.monotonic() - self._started
-        if 0.05 < fraction < 1 and elapsed > 5:
-            left = elapsed * (1 - fraction) / fraction
+        left = None
+        if self._time_left is not None:  # from each pass's measured speed, never the load's time
+            self._time_left.update(event, time.monotonic())
+            left = self._time_left.seconds()
+        if left is not None and left >= 1 and fraction < 1:
             text += f" · about {duration(left)} left"
         self.progress_label.setText(text)
 

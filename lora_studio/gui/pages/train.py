@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 from lora_studio.core.errors import LoraStudioError
 from lora_studio.core.runs import RunFolder
 from lora_studio.core.train import events as ev
+from lora_studio.core.train import format_duration
 from lora_studio.gui.pages import Page
 from lora_studio.gui.pages.model import scroll
 from lora_studio.gui.pages.train_form import build_form
@@ -57,12 +58,7 @@ def preference_summary(values: dict[str, float]) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    return format_duration(seconds)
 
 
 class TrainPage(Page):
@@ -97,8 +93,12 @@ class TrainPage(Page):
         splitter.addWidget(right)
         splitter.setSizes([420, 860])
         self.content.addWidget(splitter, 1)
-        self._started_at: float | None = None
+        #: The run's clock (core/train/clock.py) as last reported: (seconds, when, standing still).
+        #: Elapsed counts on from it between events, so it agrees with the banner, the log and the
+        #: Runs page — one clock, read in one place.
+        self._clock: tuple[float, float, bool] | None = None
         self._eta: tuple[float, float] | None = None  # (eta seconds, when it was reported)
+        self._preparing = False
         self._last_preference: dict[str, float] = {}  # the latest step's rewards (a preference run)
         #: The plots hold a run (live or shown from its folder); until then they follow the method.
         self._plots_hold_run = False
@@ -196,7 +196,9 @@ class TrainPage(Page):
         self.progress.setRange(0, 0)  # busy until the run knows its length
         self.progress.setFormat("Preparing…")
         self.where.setText("")
-        self._started_at, self._eta = time.monotonic(), None
+        self._clock, self._eta = (0.0, time.monotonic(), False), None
+        self._preparing = True  # until the first step: the bar says what is being prepared
+        self.plots.loss.set_empty_text("Preparing the run: the loss appears here after the first step")
         self.clock.start()
         method = "" if config.training.method == "sft" else f" {NAMES[config.training.method]}"
         self.log.add(f"Starting{method}: {config.model.source} on {config.data.path}")
@@ -224,11 +226,16 @@ class TrainPage(Page):
 
     def on_event(self, event: Any) -> None:
         self.log.add_event(event)
+        if getattr(event, "elapsed_s", None) is not None:
+            self._clock = (event.elapsed_s, time.monotonic(), isinstance(event, ev.Paused) and event.paused)
         if isinstance(event, ev.Phase):
-            if self.progress.maximum() == 0:
+            if self._preparing:
+                self.progress.setRange(0, 0)
                 self.progress.setFormat(f"{event.name[:1].upper()}{event.name[1:]}…")
+        elif isinstance(event, ev.SampleProgress):
+            self._on_sample_progress(event)
         elif isinstance(event, ev.RunStarted):
-            self._started_at = time.monotonic()
+            self.plots.loss.set_empty_text("Training: the loss appears here after the first step")
             self.plots.set_total_steps(event.total_steps)
             self.progress.setRange(0, max(1, event.total_steps))
             self.progress.setValue(event.resumed_from_step)
@@ -253,9 +260,15 @@ class TrainPage(Page):
             self.plots.add_eval(event.step, event.eval_loss, event.preference)
         elif isinstance(event, ev.Samples):
             self.samples.add(event.stage, event.step, list(event.samples))
+        elif isinstance(event, ev.Paused):
+            self.progress.setValue(event.step)  # the step it holds at, as the log and status bar say
+            self._tick()
         elif isinstance(event, ev.Finished):
             self._eta = None
+            self._clock = (event.elapsed_s, time.monotonic(), True)
+            self._tick()
             if event.status == "completed":
+                self.progress.setFormat("Step %v of %m (%p%)")
                 self.progress.setValue(self.progress.maximum())
                 loss = f" Final loss {event.final_loss:.4f}." if event.final_loss is not None else ""
                 self.messages.show_message(
@@ -265,13 +278,46 @@ class TrainPage(Page):
                     + preference_summary(self._last_preference),
                     f"the adapter is in {event.adapter_path}",
                 )
+            elif event.step == 0:
+                self.progress.setRange(0, 1)
+                self.progress.setValue(0)
+                self.progress.setFormat("Stopped before the first step")
+                self.messages.show_message(
+                    "info",
+                    "Training stopped",
+                    "Stopped before the first step: nothing was trained.",
+                    "press Start training when you are ready",
+                )
             else:
                 self.messages.show_message(
                     "info",
                     "Training stopped",
-                    f"Stopped at step {event.step}; the adapter was saved.",
+                    f"Stopped at step {event.step} after {duration(event.elapsed_s)}; the adapter was saved.",
                     f"resume it later from {event.run_dir}",
                 )
+        if isinstance(event, ev.Samples | ev.RunStarted | ev.Finished | ev.Failed):
+            self.samples.end_progress()
+        if isinstance(event, ev.RunStarted):
+            self._preparing = False
+
+    def _on_sample_progress(self, event: Any) -> None:
+        """Sample answers being written: which prompt, how far, the words so far — before the first
+        step this is all the run does for a while, and Stop and Pause work meanwhile."""
+        where = (
+            f"prompt {event.index + 1} of {event.total}, {event.tokens} of up to {event.max_tokens} tokens"
+        )
+        self.samples.show_progress(event.stage, event.prompt, event.text, event.done)
+        if event.stage != "before":  # the bar keeps saying the run's steps, all done
+            self.progress.setFormat(f"Step %v of %m — sample answers after training: {where}")
+        else:
+            total = max(1, event.total * event.max_tokens)
+            self.progress.setRange(0, total)
+            self.progress.setValue(min(total, event.index * event.max_tokens + event.tokens))
+            self.progress.setFormat(f"Sample answers before training: {where}")
+            self.plots.loss.set_empty_text(
+                f"Answering sample prompt {event.index + 1} of {event.total} first\n"
+                "(see Sample answers below); training starts after them"
+            )
 
     def _load_history(self, run_dir: str, up_to: int, total: int, method: str) -> None:
         """A resumed run's points up to its checkpoint (the engine has cut its metrics there; the
@@ -286,7 +332,7 @@ class TrainPage(Page):
         self.messages.show_error(failure)
         if not isinstance(failure, ev.Failed):
             self.log.add(f"Failed: {getattr(failure, 'message', failure)}")
-        if self.progress.maximum() == 0:
+        if self._preparing:  # the bar counted the preparation, not steps
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
         self.progress.setFormat("Failed after step %v" if self.progress.value() > 0 else "Failed")
@@ -294,7 +340,8 @@ class TrainPage(Page):
     def _on_run_state(self, state: str, _detail: str) -> None:
         active = state in ("starting", "running", "paused", "stopping")
         self.start_button.setEnabled(not active)
-        self.pause_button.setEnabled(state in ("running", "paused"))
+        # Pause works from the start: asked for while the run prepares, it holds after step 1
+        self.pause_button.setEnabled(state in ("starting", "running", "paused"))
         self.pause_button.setText("Resume" if state == "paused" else "Pause")
         self.stop_button.setEnabled(state in ("starting", "running", "paused"))
         self.form.setEnabled(not active)
@@ -303,14 +350,18 @@ class TrainPage(Page):
             self._tick()
 
     def _tick(self) -> None:
-        if self._started_at is None:
+        if self._clock is None:
             return
-        elapsed = time.monotonic() - self._started_at
+        at, since, still = self._clock
+        elapsed = at if still else at + time.monotonic() - since
         remaining = None
         if self._eta is not None and self.state.run_state == "running":
             remaining = self._eta[0] - (time.monotonic() - self._eta[1])
         elif self.state.run_state == "paused":
-            self.timing.setText(f"Elapsed {duration(elapsed)} · Paused")
+            # asked to pause, the run finishes its step first ("pausing after step 4")
+            detail = self.state.run_detail
+            held = "Paused" if still or not detail.startswith("pausing") else detail[:1].upper() + detail[1:]
+            self.timing.setText(f"Elapsed {duration(elapsed)} · {held}")
             return
         self.timing.setText(f"Elapsed {duration(elapsed)} · Remaining {duration(remaining)}")
 
@@ -368,7 +419,7 @@ class TrainPage(Page):
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(step)
         self.progress.setFormat("Step %v of %m (%p%)")
-        elapsed = next(
+        elapsed = status.get("elapsed_s") or next(  # the run's clock; older runs: the last step's
             (m.get("elapsed_s") for m in reversed(metrics) if m.get("elapsed_s") is not None), None
         )
         self.timing.setText(f"{status.get('state', '?').capitalize()} · took {duration(elapsed)}")

@@ -2,7 +2,9 @@
 
 The preview is the example *as the model sees it* — the chat template applied, trained tokens
 highlighted and masked tokens greyed — because that is the one view that catches a wrong loss mask
-or a missing end-of-turn token before hours of training.
+or a missing end-of-turn token before hours of training. Tool calls (bold, in the accent colour),
+tool results (in the warning colour) and reasoning (italic) are marked apart from the conversation
+around them, so a call trained as an empty answer or a result trained as speech shows at a glance.
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFontDatabase, QTextCursor
 from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QPlainTextEdit,
     QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
@@ -64,6 +71,9 @@ class PreviewView(QWidget):
         legend = QLabel()
         legend.setObjectName("muted")
         self.legend = legend
+        self.kinds_legend = QLabel()  # tool calls, results, reasoning: a line of its own when shown
+        self.kinds_legend.setObjectName("muted")
+        self.kinds_legend.setAlignment(Qt.AlignmentFlag.AlignRight)
         row = QHBoxLayout()
         row.addWidget(self.previous)
         row.addWidget(self.next)
@@ -81,6 +91,7 @@ class PreviewView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
+        layout.addWidget(self.kinds_legend)
         layout.addLayout(columns, 1)
         self.examples: list[Any] = []
         self.records: int | None = None
@@ -114,6 +125,12 @@ class PreviewView(QWidget):
             f"<span style='background:{t.trained_bg}'>&nbsp;trained&nbsp;</span>&nbsp; "
             f"<span style='color:{t.masked_text}'>masked (context only)</span>"
         )
+        kinds = {k for e in self.examples for k in (getattr(e, "kinds", None) or [])}
+        marked = [
+            f"<span style='{_kind_style(k, t)}'>{w}</span>" for k, w in KIND_WORDS.items() if k in kinds
+        ]
+        self.kinds_legend.setText("&nbsp; ".join(marked))
+        self.kinds_legend.setVisible(bool(marked))
         mode = self.mode()
         self.headers[0].setVisible(mode != "example")
         self.headers[1].setVisible(mode == "pair")
@@ -145,7 +162,9 @@ class PreviewView(QWidget):
                 f"Example {self.index + 1} of {of} · {shown.tokens} tokens, "
                 f"{shown.trainable_tokens} trained" + (f" · {', '.join(notes)}" if notes else "")
             )
-            self._render(self.text, shown.segments)
+            kinds = getattr(shown, "kinds", None)
+            # a long tools prompt comes first: start the view at the first thing learnt
+            self._render(self.text, shown.segments, kinds=kinds, scroll=bool(set(kinds or []) - {"text"}))
         else:
             sides = (
                 [("Chosen", shown.chosen, t.ok), ("Rejected", shown.rejected, t.error)]
@@ -181,9 +200,14 @@ class PreviewView(QWidget):
         )
 
     def _render(
-        self, browser: QTextBrowser, segments: list[tuple[str, bool]], *, scroll: bool = False
+        self,
+        browser: QTextBrowser,
+        segments: list[tuple[str, bool]],
+        *,
+        scroll: bool = False,
+        kinds: list[str] | None = None,
     ) -> None:
-        browser.setHtml(segments_html(segments, self.theme))
+        browser.setHtml(segments_html(segments, self.theme, kinds))
         start = next((i for i, (_, trained) in enumerate(segments) if trained), 0)
         if scroll and start:  # the answer's start at the top, a line of its prompt above it
             offset = sum(len(text) for text, _ in segments[:start])
@@ -203,15 +227,36 @@ def _scroll_to(browser: QTextBrowser, offset: int) -> None:
     bar.setValue(max(0, bar.value() + rect.top() - rect.height()))
 
 
-def segments_html(segments: list[tuple[str, bool]], theme: Any) -> str:
-    """Segments as monospaced HTML: trained text highlighted, masked text greyed."""
+#: How the preview names the parts it marks apart (``PreviewExample.kinds``).
+KIND_WORDS = {"tool_call": "tool call", "tool_result": "tool result", "reasoning": "reasoning"}
+
+
+def _kind_style(kind: str, theme: Any) -> str:
+    return {
+        "tool_call": f"color:{theme.accent}; font-weight:600",
+        "tool_result": f"color:{theme.warn}",
+        "reasoning": "font-style:italic",
+    }.get(kind, "")
+
+
+def segments_html(segments: list[tuple[str, bool]], theme: Any, kinds: list[str] | None = None) -> str:
+    """Segments as monospaced HTML: trained text highlighted, masked text greyed; tool calls, results
+    and reasoning (``kinds``) styled apart."""
     parts = []
-    for text, trained in segments:
+    for i, (text, trained) in enumerate(segments):
         escaped = html.escape(text)
+        kind = kinds[i] if kinds and i < len(kinds) else "text"
+        extra = _kind_style(kind, theme)
         if trained:
-            parts.append(f"<span style='background:{theme.trained_bg}; color:{theme.text}'>{escaped}</span>")
+            colour = "" if kind == "tool_call" else f"; color:{theme.text}"
+            style = f"background:{theme.trained_bg}{colour}" + (f"; {extra}" if extra else "")
         else:
-            parts.append(f"<span style='color:{theme.masked_text}'>{escaped}</span>")
+            style = (
+                extra
+                if kind == "tool_result"
+                else f"color:{theme.masked_text}" + (f"; {extra}" if extra else "")
+            )
+        parts.append(f"<span style='{style}'>{escaped}</span>")
     font = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
     return f"<pre style='white-space: pre-wrap; font-family: \"{font}\"; font-size: 9.5pt'>{''.join(parts)}</pre>"
 
@@ -273,6 +318,83 @@ class LengthHistogram(LivePlot):
         super().apply_theme(theme)
         if hasattr(self, "limit"):
             self.limit.label.setColor(theme.plot_fg)
+
+
+class SpeakerTable(QWidget):
+    """Speaker names the data uses with no known role, each with a role to choose (a guess first).
+
+    Nothing changes until "Use these roles": a guess is a suggestion, and one click maps every
+    speaker at once (``data.role_map``). Names already mapped stay listed so the mapping can be
+    changed or forgotten.
+    """
+
+    mapping_chosen = Signal(dict)
+
+    ROLES = (("user", "user"), ("assistant", "assistant"), ("system", "system"), ("tool", "tool result"))
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.note = QLabel()
+        self.note.setObjectName("muted")
+        self.note.setWordWrap(True)
+        self.table = QTableWidget(0, 3)
+        self.table.setObjectName("speakerTable")
+        self.table.setHorizontalHeaderLabels(["Speaker", "Records", "Role"])
+        self.table.verticalHeader().hide()
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        self.apply = QPushButton("Use these roles")
+        self.apply.setToolTip("Map each speaker to the role chosen here (data.role_map).")
+        self.apply.clicked.connect(lambda: self.mapping_chosen.emit(self.mapping()))
+        self.forget = QPushButton("Forget the mapping")
+        self.forget.clicked.connect(lambda: self.mapping_chosen.emit({}))
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.apply)
+        buttons.addWidget(self.forget)
+        buttons.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.note)
+        layout.addWidget(self.table)
+        layout.addLayout(buttons)
+        self.combos: dict[str, QComboBox] = {}
+
+    def set_speakers(self, unknown: dict[str, dict[str, Any]], role_map: dict[str, str]) -> None:
+        """``unknown``: name → {records, guess}; ``role_map``: the mapping in use."""
+        names = {name: (facts.get("records", 0), facts["guess"]) for name, facts in unknown.items()}
+        for name, role in role_map.items():
+            names.setdefault(name, ("", role))
+        self.table.setRowCount(len(names))
+        self.combos = {}
+        for row, (name, (records, role)) in enumerate(names.items()):
+            self.table.setItem(row, 0, QTableWidgetItem(name))
+            self.table.setItem(row, 1, QTableWidgetItem(str(records)))
+            combo = QComboBox()
+            for value, text in self.ROLES:
+                combo.addItem(text, value)
+            combo.setCurrentIndex(max(0, combo.findData(role)))
+            self.table.setCellWidget(row, 2, combo)
+            self.combos[name] = combo
+        rows = sum(self.table.rowHeight(r) for r in range(len(names)))
+        self.table.setFixedHeight(
+            self.table.horizontalHeader().height() + rows + 2 * self.table.frameWidth() + 2
+        )
+        if unknown:
+            self.note.setText(
+                "These speakers have no known role, so their records cannot be read. Check the guessed "
+                "roles and use them:"
+            )
+        else:
+            self.note.setText("Speaker names mapped to roles:")
+        self.apply.setEnabled(bool(names))
+        self.forget.setVisible(bool(role_map))
+
+    def mapping(self) -> dict[str, str]:
+        return {name: combo.currentData() for name, combo in self.combos.items()}
 
 
 class ProblemList(QListWidget):

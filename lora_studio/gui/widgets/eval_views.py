@@ -68,7 +68,11 @@ def value_text(value: Any, digits: int) -> str:
 
 
 def difference_text(diff: dict[str, Any], digits: int) -> str:
-    return f"{diff['estimate']:+.{digits}f}  [{diff['low']:+.{digits}f}, {diff['high']:+.{digits}f}]"
+    return f"{diff['estimate']:+.{digits}f}  {interval_text(diff, digits)}"
+
+
+def interval_text(diff: dict[str, Any], digits: int) -> str:
+    return f"[{diff['low']:+.{digits}f}, {diff['high']:+.{digits}f}]"
 
 
 def verdict(diff: dict[str, Any], higher_is_better: bool) -> str:
@@ -201,6 +205,17 @@ def _fit_height(table: QTableWidget) -> None:
     table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
 
+def _fit_columns(table: QTableWidget) -> None:
+    """Every metric column as wide as its widest cell or title, the model column taking the rest;
+    never narrower than all of that (the page scrolls sideways rather than cut a number)."""
+    header = table.horizontalHeader()
+    header.setStretchLastSection(False)
+    header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    widths = [max(header.sectionSizeHint(c), table.sizeHintForColumn(c)) for c in range(table.columnCount())]
+    header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+    table.setMinimumWidth(sum(widths) + 2 * table.frameWidth() + 2)
+
+
 def _plain_table(rows: int, columns: int) -> QTableWidget:
     table = QTableWidget(rows, columns)
     table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -297,9 +312,7 @@ class ComparisonView(_EvaluationView):
                 diff = next((d for d in row["differences"] if d["model"] == full[r]), None)
                 own = (row.get("intervals") or [None] * len(labels))[r]
                 table.setCellWidget(r, c, self._value_label(row, row["values"][r], diff, theme, own))
-        header = table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        _fit_columns(table)
         table.resizeRowsToContents()
         _fit_height(table)
         self.legend.setText(_legend(data))
@@ -319,7 +332,12 @@ class ComparisonView(_EvaluationView):
             kind = verdict(diff, row["higher_is_better"])
             change = difference_text(diff, digits)
             plain += f"\nΔ {change}  {CELL_WORDS[kind]}"
-            rich += f"<br><span style='color:{_colour(kind, theme)}'>Δ {html.escape(change)}</span>"
+            # the difference and its interval on lines of their own: a cell stays narrow enough for
+            # every metric's column to show all of it at the default window size
+            lines = (f"Δ {diff['estimate']:+.{digits}f}", interval_text(diff, digits))
+            rich += "".join(
+                f"<br><span style='color:{_colour(kind, theme)}'>{html.escape(t)}</span>" for t in lines
+            )
         elif own:
             kind = own_verdict(own, row.get("null") or 0.0, row["higher_is_better"])
             span = f"[{own['low']:.{digits}f}, {own['high']:.{digits}f}]"

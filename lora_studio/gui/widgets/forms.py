@@ -189,7 +189,7 @@ class FieldEditor(QObject):
         self.none_text = none_text
         self.widget = self._make(choices, minimum, maximum)
         self.widget.setObjectName("field:" + dotted)
-        if self.kind in ("int", "optional_int", "float", "choice"):
+        if self.kind in ("int", "optional_int", "float", "optional_float", "choice"):
             self.widget.setMaximumWidth(EDITOR_MAX_WIDTH)
         self.widget.setToolTip(doc(dotted))
         self.error = QLabel()
@@ -240,6 +240,9 @@ class FieldEditor(QObject):
             text.textChanged.connect(lambda: None if self._updating else timer.start())
             return text
         line = QLineEdit()
+        if self.kind == "optional_float":  # empty: the setting's default, said in grey
+            line.setPlaceholderText(self.none_text)
+            line.setClearButtonEnabled(True)
         line.setMinimumWidth(100)
         line.editingFinished.connect(self._line_changed)
         line.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
@@ -277,7 +280,7 @@ class FieldEditor(QObject):
                     w.setCursorPosition(0)
         finally:
             self._updating = False
-        if self.unit is not None and self.kind == "optional_int":
+        if self.unit is not None and self.kind in ("optional_int", "optional_float"):
             self.unit.setVisible(value is not None)
 
     def set_choices(self, choices: Sequence[tuple[Any, str]]) -> None:
@@ -327,7 +330,10 @@ class FieldEditor(QObject):
         text = self.widget.text().strip()
         if self.kind == "optional_text":
             self._commit(text or None)
-        elif self.kind == "float":
+        elif self.kind in ("float", "optional_float"):
+            if not text and self.kind == "optional_float":
+                self._commit(None)
+                return
             try:
                 self._commit(float(text))
             except ValueError:

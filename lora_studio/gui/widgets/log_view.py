@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from PySide6.QtGui import QFontDatabase
+from PySide6.QtGui import QFontDatabase, QTextCursor
 from PySide6.QtWidgets import QPlainTextEdit, QWidget
 
 from lora_studio.core.train import events as ev
+from lora_studio.core.train import format_duration
 
 MAX_LINES = 5000
 
@@ -24,6 +25,24 @@ class LogView(QPlainTextEdit):
     def add(self, text: str) -> None:
         self.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
 
+    def at_end(self) -> bool:
+        bar = self.verticalScrollBar()
+        return bar.value() >= bar.maximum()
+
+    def resizeEvent(self, event: Any) -> None:
+        """A message bar appearing above shrinks the log: it keeps its last line in full view
+        (the line that says how the run ended was left half hidden)."""
+        following = self.at_end()
+        super().resizeEvent(event)
+        if following:
+            self.scroll_to_end()
+
+    def scroll_to_end(self) -> None:
+        cursor = self.textCursor()
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        self.setTextCursor(cursor)
+        self.ensureCursorVisible()
+
     def add_event(self, event: Any) -> None:
         text = event_text(event)
         if text:
@@ -37,10 +56,13 @@ def event_text(event: Any) -> str:
     if isinstance(event, ev.RunStarted):
         pct = 100 * event.trainable_params / max(event.total_params, 1)
         resumed = f", resuming from step {event.resumed_from_step}" if event.resumed_from_step else ""
+        held = event.dataset.get("eval_examples") or 0
+        evaluated = f" ({held} held out for evaluation)" if held else ""
+        notes = "".join(f"\n  Note: {w}" for w in event.dataset.get("warnings") or [])
         return (
             f"Run {event.run_id} started on {event.device} ({event.dtype}): {event.total_steps} steps, "
-            f"{event.dataset.get('examples', '?')} examples, {event.trainable_params:,} trainable parameters "
-            f"({pct:.2f}%){resumed}"
+            f"{event.dataset.get('examples', '?')} examples{evaluated}, {event.trainable_params:,} trainable "
+            f"parameters ({pct:.2f}%){resumed}{notes}"
         )
     if isinstance(event, ev.Step):
         grad = f"  grad norm {event.grad_norm:.3f}" if event.grad_norm is not None else ""
@@ -60,7 +82,8 @@ def event_text(event: Any) -> str:
         return f"Paused at step {event.step}" if event.paused else f"Resumed at step {event.step}"
     if isinstance(event, ev.Finished):
         loss = f", final loss {event.final_loss:.4f}" if event.final_loss is not None else ""
-        return f"Run {event.status} at step {event.step} in {event.elapsed_s:.0f} s{loss}. Folder: {event.run_dir}"
+        took = format_duration(event.elapsed_s)
+        return f"Run {event.status} at step {event.step} after {took}{loss}. Folder: {event.run_dir}"
     if isinstance(event, ev.Failed):
         return f"Run failed after step {event.step}: {event.message}" + (
             f" — {event.hint}" if event.hint else ""

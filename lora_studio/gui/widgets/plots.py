@@ -244,15 +244,21 @@ class LivePlot(pg.PlotWidget):
         negative. From the second point on the automatic range takes over again."""
         if self.x_span is not None:
             return  # the caller's span already holds every point
-        shown = [s.buffer.view()[0] for s in self.series.values() if s.buffer.n]
-        if shown and max(len(x) for x in shown) == 1:
-            lo, hi = min(float(x[0]) for x in shown), max(float(x[0]) for x in shown)
+        shown = [s.buffer.view() for s in self.series.values() if s.buffer.n]
+        if shown and max(len(x) for x, _y in shown) == 1:
+            lo, hi = min(float(x[0]) for x, _y in shown), max(float(x[0]) for x, _y in shown)
             margin = max(1.0, 0.5 * max(abs(lo), abs(hi)))
             low = lo - margin if lo < 0 else max(0.0, lo - margin)  # steps and tokens never go negative
             self.setXRange(low, hi + margin, padding=0)
+            if not self.zero_based and self.fixed_y is None:
+                # the automatic y range around one value is ±0.5 whatever its size: a learning
+                # rate of 5e-4 sat on "0". Frame it by its own magnitude instead.
+                bottom, top = min(float(y[0]) for _x, y in shown), max(float(y[0]) for _x, y in shown)
+                spread = max(abs(bottom), abs(top)) * 0.2 or 1.0
+                self.setYRange(bottom - spread, top + spread, padding=0)
             self._framed = True
         elif self._framed:
-            self.enableAutoRange(axis="x")
+            self.enableAutoRange()
             self._framed = False
 
     def clear_data(self) -> None:
