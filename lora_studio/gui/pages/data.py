@@ -276,8 +276,8 @@ class DataPage(Page):
         self.messages.clear()
         skipped = f", {overview.problem_count} invalid records skipped" if overview.problem_count else ""
         self.status.setText(
-            f"{stats.format} format{' (detected)' if stats.detected else ''} · {stats.records:,} records → "
-            f"{stats.examples:,} training examples{skipped}"
+            f"{stats.format} format{' (detected)' if stats.detected else ''} · {count(stats.records, 'record')} → "
+            f"{count(stats.examples, 'training example')}{skipped}"
             + (" · no chat template: using the simple fallback" if stats.fallback_template else "")
         )
         self._fill_numbers(stats)
@@ -297,7 +297,7 @@ class DataPage(Page):
         if overview.error is None:
             self.messages.clear()
             self.status.setText(
-                f"Preference data, {report.format} (detected) · {report.records:,} records → {read}{skipped}"
+                f"Preference data, {report.format} (detected) · {count(report.records, 'record')} → {read}{skipped}"
                 + (" · no chat template: using the simple fallback" if stats.fallback_template else "")
             )
         else:
@@ -515,6 +515,11 @@ def _shared_numbers(stats: Any) -> dict[str, str]:
         ),
         "trainable": f"{stats.trainable_tokens:,} of {stats.total_tokens:,}",
     }
+
+
+def count(n: int, noun: str) -> str:
+    """'1 record', '1,024 records'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 PAGE = DataPage
