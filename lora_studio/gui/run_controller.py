@@ -60,8 +60,8 @@ class RunController(QObject):
     def pause(self) -> None:
         if self.worker is not None and not self.worker.cancel.is_set():
             self.worker.pause.set()
-            # asked for while the run prepares, the pause holds after the first step
-            self.state.set_run_state("paused", f"pausing after step {self.step + (not self.total_steps)}")
+            # the step being computed ends first (asked for while the run prepares: the first step)
+            self.state.set_run_state("paused", f"pausing after step {self.step + 1}")
 
     def resume(self) -> None:
         if self.worker is not None and self.worker.pause.is_set():
