@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt
 
 from lora_studio.core.runs import RunFolder
 from lora_studio.core.train import events as ev
-from lora_studio.gui.pages.train import duration
+from lora_studio.core.train import format_duration
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -140,7 +140,7 @@ def test_pause_then_resume_loses_no_step(qtbot, tiny_model_dir, chat_file, tmp_p
         paused_at = log.of(ev.Paused)[0].elapsed_s
         assert paused_at is not None and status["elapsed_s"] == pytest.approx(paused_at, abs=0.01)
         page._tick()
-        assert page.timing.text() == f"Elapsed {duration(paused_at)} · Paused"
+        assert page.timing.text() == f"Elapsed {format_duration(paused_at)} · Paused"
         assert window.run_label.text().startswith("Paused")
         assert page.pause_button.text() == "Resume"
         assert window.state.shared_model.loaded  # free for chat while paused

@@ -200,7 +200,6 @@ class TrainingRun:
     # -- the recipe -------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        started = time.monotonic()
         self.clock = RunClock(self._elapsed_before())
         try:
             from lora_studio.core.models import pick_device
@@ -218,12 +217,12 @@ class TrainingRun:
             method = self.config.training.method
             self.emit(ev.Phase("starting training", "SFT" if method == "sft" else f"{method.upper()} (TRL)"))
             outcome = fit(self)
-            return self._finish(outcome, started)
+            return self._finish(outcome)
         except CancelledError:
             if self.folder is None:
                 raise
             self._save_adapter()
-            return self._finish_cancelled(started)
+            return self._finish_cancelled()
         except LoraStudioError as exc:
             self._fail(exc)
             raise
@@ -391,11 +390,11 @@ class TrainingRun:
         replace_dir(staging, self.folder.adapter_dir)
         return self.folder.adapter_dir
 
-    def _finish(self, outcome: dict[str, Any], started: float) -> RunResult:
+    def _finish(self, outcome: dict[str, Any]) -> RunResult:
         assert self.folder is not None
         if outcome["cancelled"]:
             self._save_adapter()
-            return self._finish_cancelled(started)
+            return self._finish_cancelled()
         adapter = self._save_adapter()
         self._record_samples("after")
         metrics = self.folder.metrics()
@@ -421,7 +420,7 @@ class TrainingRun:
         )
         return RunResult("completed", self.folder.path, adapter, self.step, final_loss, final_eval)
 
-    def _finish_cancelled(self, started: float) -> RunResult:
+    def _finish_cancelled(self) -> RunResult:
         assert self.folder is not None
         adapter = self.folder.adapter_dir if self.folder.adapter_dir.is_dir() else None
         self.write_status("cancelled", step=self.step, finished_at=time.time())
@@ -507,24 +506,22 @@ class TrainingRun:
         except Exception:  # a broken listener must not lose the user's run
             log.exception("event listener failed on %s", event.kind)
 
-    def wait_while_paused(self) -> float:
-        """Hold at a step boundary while paused; the model is idle and free for chat meanwhile.
-
-        Returns the seconds held: the run's clock stands still meanwhile, and rates measured across
-        the pause (tokens per second) must leave them out."""
+    def wait_while_paused(self) -> None:
+        """Hold at a step boundary while paused; the model is idle and free for chat meanwhile. The
+        run's clock stands still meanwhile, so rates measured on it (tokens per second, the ETA)
+        leave the pause out."""
         if not self.pause.is_set() or self.cancel.is_set():
-            return 0.0
+            return
         self.clock.pause()
         if self.folder is not None:  # the Runs page and `lora-studio runs` say so too
             self.write_status("paused", step=self.step)
         self.emit(ev.Paused(step=self.step, paused=True))
         while self.pause.is_set() and not self.cancel.is_set():
             time.sleep(0.05)
-        held = self.clock.resume()
+        self.clock.resume()
         if self.folder is not None:
             self.write_status("running", step=self.step)
         self.emit(ev.Paused(step=self.step, paused=False))
-        return held
 
     def write_status(self, state: str, **fields: Any) -> None:
         """status.json, with the run's clock: the Runs page and `lora-studio runs` read its duration."""

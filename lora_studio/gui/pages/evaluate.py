@@ -34,9 +34,9 @@ from PySide6.QtWidgets import (
 from lora_studio.core.errors import CancelledError
 from lora_studio.core.evaluate import EvaluationError, TimeLeft
 from lora_studio.core.evaluate.metrics import PREFERENCE_TASKS, TASK_METRICS
+from lora_studio.core.train import format_duration
 from lora_studio.gui import workers
 from lora_studio.gui.pages import Page
-from lora_studio.gui.pages.train import duration
 from lora_studio.gui.widgets.eval_examples import ExamplesView
 from lora_studio.gui.widgets.eval_form import EvalForm, EvalRequest
 from lora_studio.gui.widgets.eval_views import ComparisonView, ConfusionView
@@ -336,14 +336,14 @@ class EvaluatePage(Page):
             self._time_left.update(event, time.monotonic())
             left = self._time_left.seconds()
         if left is not None and left >= 1 and fraction < 1:
-            text += f" · about {duration(left)} left"
+            text += f" · about {format_duration(left)} left"
         self.progress_label.setText(text)
 
     def _finished(self, result: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
         self.progress.setValue(self.progress.maximum())
         data, examples = result
         seconds = time.monotonic() - self._started
-        self.progress_label.setText(f"Done in {duration(seconds)}.")
+        self.progress_label.setText(f"Done in {format_duration(seconds)}.")
         self.show_results(data, examples)
 
     def _failed(self, error: Exception) -> None:

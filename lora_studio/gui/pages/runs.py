@@ -33,8 +33,8 @@ from PySide6.QtWidgets import (
 
 from lora_studio.core.paths import runs_dir as default_runs_dir
 from lora_studio.core.runs import LIVE_STATES, RunFolder, config_diff, list_runs
+from lora_studio.core.train import format_duration
 from lora_studio.gui.pages import PAGES, Page
-from lora_studio.gui.pages.train import duration
 from lora_studio.gui.pages.train_method import NAMES as METHOD_NAMES
 from lora_studio.gui.workers import BackgroundTask
 
@@ -80,7 +80,7 @@ def _row(s: dict[str, Any]) -> list[tuple[str, Any]]:
         (steps, s.get("step") or 0),
         (_number(s.get("final_loss")), s.get("final_loss")),
         (_number(s.get("final_eval_loss")), s.get("final_eval_loss")),
-        (duration(s.get("duration_s")), s.get("duration_s")),
+        (format_duration(s.get("duration_s")), s.get("duration_s")),
         (_number(peak / 1024**3 if peak else None, "{:.2f} GB"), peak),
         (datetime.fromtimestamp(created).strftime("%Y-%m-%d %H:%M") if created else "—", created or 0),
     ]

@@ -57,10 +57,6 @@ def preference_summary(values: dict[str, float]) -> str:
     return f" {'; '.join(parts)}." if parts else ""
 
 
-def duration(seconds: float | None) -> str:
-    return format_duration(seconds)
-
-
 class TrainPage(Page):
     key = "train"
     title = "Train"
@@ -274,7 +270,7 @@ class TrainPage(Page):
                 self.messages.show_message(
                     "info",
                     "Training completed",
-                    f"{event.step} steps in {duration(event.elapsed_s)}.{loss}"
+                    f"{event.step} steps in {format_duration(event.elapsed_s)}.{loss}"
                     + preference_summary(self._last_preference),
                     f"the adapter is in {event.adapter_path}",
                 )
@@ -292,7 +288,7 @@ class TrainPage(Page):
                 self.messages.show_message(
                     "info",
                     "Training stopped",
-                    f"Stopped at step {event.step} after {duration(event.elapsed_s)}; the adapter was saved.",
+                    f"Stopped at step {event.step} after {format_duration(event.elapsed_s)}; the adapter was saved.",
                     f"resume it later from {event.run_dir}",
                 )
         if isinstance(event, ev.Samples | ev.RunStarted | ev.Finished | ev.Failed):
@@ -361,9 +357,9 @@ class TrainPage(Page):
             # asked to pause, the run finishes its step first ("pausing after step 4")
             detail = self.state.run_detail
             held = "Paused" if still or not detail.startswith("pausing") else detail[:1].upper() + detail[1:]
-            self.timing.setText(f"Elapsed {duration(elapsed)} · {held}")
+            self.timing.setText(f"Elapsed {format_duration(elapsed)} · {held}")
             return
-        self.timing.setText(f"Elapsed {duration(elapsed)} · Remaining {duration(remaining)}")
+        self.timing.setText(f"Elapsed {format_duration(elapsed)} · Remaining {format_duration(remaining)}")
 
     def export_command(
         self, folder: str | None = None, gpus_per_machine: int | None = None, machines: int = 1
@@ -422,7 +418,7 @@ class TrainPage(Page):
         elapsed = status.get("elapsed_s") or next(  # the run's clock; older runs: the last step's
             (m.get("elapsed_s") for m in reversed(metrics) if m.get("elapsed_s") is not None), None
         )
-        self.timing.setText(f"{status.get('state', '?').capitalize()} · took {duration(elapsed)}")
+        self.timing.setText(f"{status.get('state', '?').capitalize()} · took {format_duration(elapsed)}")
         self.where.setText(str(folder.path))
         self.samples.clear_samples()
         groups: dict[tuple[str, int], list[tuple[str, str]]] = {}
