@@ -11,7 +11,12 @@ PYTEST_ARGS ?=
 # What `make run` starts: the app (no sub-command), on the default model and the demo dataset.
 RUN_ARGS ?=
 
-.PHONY: run test test-fast lint format bench clean-venv
+# `make llamacpp`: the optional llama.cpp verifier of GGUF exports, compiled for this CPU's common
+# features rather than natively (a native build on a CPU that advertises AMX died with SIGILL).
+LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+
+.PHONY: run test test-fast lint format bench clean-venv llamacpp
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +46,10 @@ format: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py
+
+llamacpp: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(PY) -m pip install --no-cache-dir -e ".[llamacpp]"
+	$(VENV)/bin/lora-studio doctor | grep llama.cpp
 
 clean-venv:
 	rm -rf $(VENV)

@@ -155,6 +155,26 @@ def _preference_throughput(r: dict[str, Any]) -> Judged:
     )
 
 
+def _gguf_types(r: dict[str, Any]) -> Judged:
+    rows = {row["type"]: row for row in r["rows"]}
+    q4 = rows.get("Q4_K_M", {})
+    race = r.get("quantizer") or []
+    measured = (
+        f"Q4_K_M {q4.get('MB', 0):.0f} MB, llama.cpp top-1 {q4.get('llama.cpp top-1') or 0:.2f}, "
+        f"greedy {q4.get('greedy same')}; quantizer vs llama.cpp "
+        + (
+            ", ".join(f"{x['type']} {x['ours / llama.cpp']:.1f}x" for x in race)
+            or "not measured (no llama.cpp)"
+        )
+    )
+    met = [v for v in r["met"].values() if v is not None]
+    return (
+        "every GGUF type byte-identical to llama.cpp; Q4_K_M answers as the fine-tune in llama.cpp",
+        measured,
+        all(met) if met else None,
+    )
+
+
 @dataclass(frozen=True)
 class Bench:
     name: str  # script bench/<name>.py, results bench/results/<name>.json
@@ -178,6 +198,7 @@ BENCHES = [
     Bench("memory_cuda", lambda r: ("see its table", "", None), quick=False, optional=True),
     Bench("preference_memory", _preference_memory, quick=False, optional=True),
     Bench("preference_throughput", _preference_throughput),
+    Bench("gguf_types", _gguf_types),
 ]
 NOT_RUN = {
     "qlora_vs_lora": "trains the real model twice (far over the make bench budget); "

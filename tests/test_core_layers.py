@@ -25,6 +25,7 @@ BASE_LEVELS = {
     "paths": 0,
     "faults": 0,
     "display_check": 0,
+    "llamacpp": 0,
     "atomic": 1,
     "config": 2,
     "cache": 3,

@@ -12,10 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from lora_studio.core import llamacpp
 from lora_studio.core.config import RunConfig
 from lora_studio.core.errors import LoraStudioError
 from lora_studio.core.export import FORMATS, STAGING_PREFIX, ExportError, export, resolve_source
 from lora_studio.core.train import train
+
+needs_llama_cpp = pytest.mark.skipif(
+    not llamacpp.installed(),
+    reason="llama-cpp-python is not installed (make llamacpp): no llama.cpp verifier",
+)
 
 PAIRS = [
     ("What is your name?", "I am Lumen."),
@@ -60,7 +66,15 @@ def run_dir(tiny_model_dir, tmp_path_factory) -> Path:
 def exported(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "out"
     events = []
-    report = export(run_dir, FORMATS, out, quant="f16", max_shard_bytes=4_000_000, progress=events.append)
+    report = export(
+        run_dir,
+        FORMATS,
+        out,
+        quant="f16",
+        max_shard_bytes=4_000_000,
+        progress=events.append,
+        verifier="transformers",  # the same checks here and in CI; llama.cpp's are tested below
+    )
     return report, events, out
 
 
@@ -303,6 +317,66 @@ def test_cli_summary_shows_sizes_and_verification_figures(exported, capsys):
     assert "template renders identically" in text
 
 
+# -- who verifies GGUF files ---------------------------------------------------------------------
+
+
+@needs_llama_cpp
+def test_llama_cpp_itself_checks_a_q4_k_m_gguf_and_applies_the_gguf_adapter(run_dir, tmp_path):
+    report = export(run_dir, "gguf,gguf-adapter", tmp_path / "out", quant="q4_k_m,f16", verifier="llama.cpp")
+    assert report.status == "completed"
+    checks = {Path(r.path).name: r.verification for r in report.results}
+    for name, check in checks.items():
+        assert check.passed, (name, check.problems)
+        assert check.method.startswith("llama.cpp "), check.method
+    f16 = checks[f"{run_dir.name}-f16.gguf"]
+    assert f16.figures["greedy_match"] and f16.figures["tokenizer_match"] and f16.figures["template_match"]
+    assert f16.figures["max_abs_diff"] < 0.04 * f16.figures["logit_scale"]
+    q4 = checks[f"{run_dir.name}-q4_k_m.gguf"]
+    assert q4.figures["template_match"] and q4.figures["top1_agreement"] >= 0.6
+    adapter = checks[f"{run_dir.name}-lora-f32.gguf"]
+    assert "adapter applied to an F16 GGUF of the base" in adapter.method
+    assert adapter.figures["greedy_match"] and adapter.figures["top1_agreement"] >= 0.95
+    assert not list((tmp_path / "out").glob(f"{STAGING_PREFIX}*")), "the scratch base GGUF is removed"
+
+
+def test_without_llama_cpp_transformers_checks_and_the_report_says_so(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_STUDIO_LLAMA_CPP", "off")
+    report = export(run_dir, "gguf,gguf-adapter", tmp_path / "a", quant="q4_k_m")
+    for result in report.results:
+        assert result.verification.passed, result.verification.problems
+        assert "(llama.cpp verifier turned off)" in result.verification.method
+    gguf_check = by_format(report, "gguf")[0].verification
+    assert gguf_check.method.startswith("transformers GGUF loader (Q4_K_M)")
+    insisted = export(run_dir, "gguf", tmp_path / "b", quant="q8_0", verifier="llama.cpp")
+    check = insisted.results[0].verification
+    assert insisted.status == "completed" and not check.passed
+    assert (
+        "the llama.cpp verifier is not available" in check.problems[0] and "turned off" in check.problems[0]
+    )
+    assert Path(insisted.results[0].path).is_file(), "a failed check reports; the file stays"
+
+
+def test_a_llama_cpp_that_crashes_with_sigill_is_reported_with_the_fix(monkeypatch):
+    import signal
+    import subprocess
+
+    monkeypatch.setattr(llamacpp, "installed", lambda: True)
+    monkeypatch.setattr(
+        llamacpp.subprocess,
+        "run",
+        lambda args, **_: subprocess.CompletedProcess(args, -signal.SIGILL, "", ""),
+    )
+    llamacpp._probe.cache_clear()
+    try:
+        state = llamacpp.status()
+        assert state.installed and not state.working
+        assert "SIGILL" in state.line() and "GGML_NATIVE=OFF" in state.line()
+        with pytest.raises(llamacpp.LlamaCppError, match="illegal instruction"):
+            llamacpp.evaluate(Path("model.gguf"), [1, 2, 3])
+    finally:
+        llamacpp._probe.cache_clear()
+
+
 # -- the real model -----------------------------------------------------------------------------
 
 
@@ -323,7 +397,11 @@ def test_default_model_gguf_round_trip_in_every_type(default_model_dir, tmp_path
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
     report = export(
-        adapter, "gguf,gguf-adapter,modelfile", tmp_path / "out", model="default", quant="f16,bf16,q8_0"
+        adapter,
+        "gguf,gguf-adapter,modelfile",
+        tmp_path / "out",
+        model="default",
+        quant="q4_k_m,f16,bf16,q8_0",
     )
     assert report.status == "completed"
     for result in report.results:

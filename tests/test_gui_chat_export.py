@@ -9,6 +9,7 @@ import pytest
 from gui_helpers import tiny_config, wait_answered, write_chat
 
 from lora_studio.core.chat import PromptSet
+from lora_studio.core.export import size_text
 from lora_studio.gui import workers
 
 
@@ -180,10 +181,56 @@ def test_export_page_exports_an_adapter_and_shows_verification(qtbot, tiny_model
     wait_workers(qtbot)
     assert page.report.status == "completed" and page.report.verified is True
     row = page.results.topLevelItem(0)
-    assert row.text(0) == "adapter" and row.text(3) == "passed"
+    assert row.text(0) == "adapter" and row.text(1) == "adapter/" and row.text(3) == "passed"
+    # which reader reloaded it, in its own column (for a GGUF: llama.cpp, or transformers' loader)
+    assert row.text(4) == page.report.results[0].verification.method and "peft" in row.text(4)
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert page.open_button.isEnabled() and page.progress.value() == page.progress.maximum()
     assert page.messages.message() == ""
+
+
+def test_export_page_sizes_every_gguf_type_and_the_modelfile_uses_the_chosen_one(
+    qtbot, tiny_model_dir, tiny_adapter, tmp_path
+):
+    """Each GGUF type shows its size on disk and memory to run once planned; Q4_K_M is ticked by
+    default; "Modelfile uses" puts its type first, which is the GGUF the plan's Modelfile names."""
+    from lora_studio.core.export import QUANTS
+
+    page = make_page(qtbot, "export", tiny_model_dir, tmp_path)
+    out = tmp_path / "exported"
+    (out / "adapter").mkdir(parents=True)  # an earlier export: the plan refuses, the sizes still show
+    page.picker.select("folder", str(tiny_adapter))
+    page.out_dir.setText(str(out))
+    qtbot.waitUntil(lambda: "already exist" in page.messages.message(), timeout=60_000)
+    types = page.gguf_types
+    assert page.plan is None and "on disk" in types.sizes["q4_k_m"].text()
+    page.overwrite.setChecked(True)
+    qtbot.waitUntil(lambda: page.plan is not None and not page.task.busy, timeout=60_000)
+    assert types.checked() == ["q4_k_m"] and page.selected_quants() == ["q4_k_m"]
+    assert not types.isEnabled()  # adapter only: the GGUF types do not apply
+    for quant in QUANTS:
+        text = types.sizes[quant].text()
+        assert " on disk · about " in text and "to run (4k context)" in text, (quant, text)
+        assert types.boxes[quant].text() == quant.upper() and types.boxes[quant].toolTip()
+    choices = {c.quant: c for c in page.plan.gguf_choices}
+    assert page.gguf_types.sizes["f16"].text().startswith(size_text(choices["f16"].file_bytes))
+
+    for fmt, box in page.format_boxes.items():
+        box.setChecked(fmt in ("gguf", "modelfile"))
+    types.boxes["q8_0"].setChecked(True)
+    assert types.isEnabled() and types.modelfile_row.isVisibleTo(page)
+    assert types.modelfile_quant.currentData() == "q4_k_m"  # the first ticked, in QUANTS order
+    types.modelfile_quant.setCurrentIndex(types.modelfile_quant.findData("q8_0"))
+    qtbot.waitUntil(lambda: page.plan is not None and not page.task.busy, timeout=60_000)
+    assert page.plan.quants == ["q8_0", "q4_k_m"]
+    name = page.plan.source.name
+    assert f"(runs {name}-q8_0.gguf)" in page.plan_text.text()
+
+    types.boxes["q4_k_m"].setChecked(False)  # one type left: nothing to choose
+    qtbot.waitUntil(lambda: page.plan is not None and not page.task.busy, timeout=60_000)
+    assert not types.modelfile_row.isVisibleTo(page) and page.plan.quants == ["q8_0"]
+    types.boxes["q8_0"].setChecked(False)
+    assert page.plan is None and page.plan_text.text() == "Choose at least one GGUF type."
 
 
 def test_prompt_set_saved_run_on_base_and_tuned_and_exported(qtbot, tiny_model_dir, tiny_adapter, tmp_path):

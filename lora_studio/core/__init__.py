@@ -1,6 +1,6 @@
 """Qt-free core of LoRA Studio: one package per stage of the user's path, on a shared base.
 
-    base        errors, paths, faults  ←  atomic  ←  config  ←  cache, models, runs  ←  doctor
+    base        errors, paths, faults, llamacpp  ←  atomic  ←  config  ←  cache, models, runs  ←  doctor
       ↑
     data        a user's file → conversations → tokens the model trains on
       ↑

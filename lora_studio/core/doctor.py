@@ -45,6 +45,7 @@ def run_checks(progress: Callable[[Check], None] | None = None) -> list[Check]:
         _display,
         _disk,
         _default_model,
+        _llama_cpp,
     ):
         try:
             found = check()
@@ -321,5 +322,51 @@ def _default_model() -> list[Check]:
             "default model",
             OK,
             f"SmolLM2-135M-Instruct installed ({gguf.name}); converted on first use (about 30 s, once)",
+        )
+    ]
+
+
+def _llama_cpp() -> list[Check]:
+    """The optional llama.cpp verifier: loaded in a child process, on the default model's GGUF."""
+    import re
+
+    from lora_studio.core import llamacpp
+
+    if llamacpp.disabled():
+        return [
+            Check(
+                "llama.cpp",
+                OK,
+                "turned off (LORA_STUDIO_LLAMA_CPP): GGUF exports are checked by transformers",
+            )
+        ]
+    if not llamacpp.installed():
+        return [
+            Check(
+                "llama.cpp",
+                OK,
+                "not installed (optional): GGUF exports are checked with transformers' GGUF reader",
+                llamacpp.INSTALL_HINT,
+            )
+        ]
+    try:
+        from lora_studio.core.models import default_model_gguf
+
+        model: str | None = str(default_model_gguf())
+    except Exception:  # no default model: import llama.cpp without loading a file
+        model = None
+    found = llamacpp.status(model)
+    if not found.working:
+        return [
+            Check("llama.cpp", WARNING, found.line(), "GGUF exports fall back to transformers' GGUF reader")
+        ]
+    features = re.findall(r"(\w+) = 1", found.detail)
+    what = "loaded the default model" if model else "imported"
+    cpu = f"; CPU features {', '.join(features)}" if features else ""
+    return [
+        Check(
+            "llama.cpp",
+            OK,
+            f"llama-cpp-python {found.version} {what}: GGUF exports are checked by llama.cpp{cpu}",
         )
     ]

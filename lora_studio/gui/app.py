@@ -108,7 +108,9 @@ class PageHolder(QScrollArea):
     def eventFilter(self, watched: Any, event: Any) -> bool:
         if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
             QTimer.singleShot(0, self, self.fit)  # after the layout has taken it; never after self is gone
-        return False
+        # QScrollArea's own filter updates the scroll range when the page is resized: without it a
+        # page grown by a message bar was cut off at the bottom with nothing to scroll
+        return super().eventFilter(watched, event)
 
     def viewportEvent(self, event: Any) -> bool:
         if event.type() == QEvent.Type.Resize:

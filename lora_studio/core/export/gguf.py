@@ -35,7 +35,7 @@ class PlannedTensor:
     source: str  # the Hugging Face state-dict key
     name: str
     shape: tuple[int, ...]
-    qtype: str  # gguf.GGMLQuantizationType name: F32, F16, BF16, Q8_0
+    qtype: str  # gguf.GGMLQuantizationType name: F32, F16, BF16, Q8_0, Q4_K, ...
     permute: str | None = None  # "q" or "k": rows reordered to GGUF's rotary layout
 
     @property
@@ -88,13 +88,19 @@ def head_dim(config: Any) -> int:
 
 
 def plan_model_tensors(shapes: Mapping[str, tuple[int, ...]], config: Any, quant: str) -> list[PlannedTensor]:
-    """Every tensor of the GGUF, in state-dict order; tied output weights are left out (as llama.cpp does)."""
+    """Every tensor of the GGUF, in state-dict order, with the storage type llama-quantize would give it.
+
+    Tied output weights are left out (as llama.cpp does); the per-tensor types of a file type such
+    as Q4_K_M come from ``quant_mix`` (llama.cpp's own rules).
+    """
     import gguf
+
+    from lora_studio.core.export.quant_mix import ModelShape, tensor_types
 
     check_gguf_support(config)
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(config.num_hidden_layers))
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    planned = []
+    named = []
     for key, shape in shapes.items():
         if tied and key == "lm_head.weight":
             continue
@@ -103,30 +109,26 @@ def plan_model_tensors(shapes: Mapping[str, tuple[int, ...]], config: Any, quant
         name = name_map.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise GGUFExportError(f"GGUF export: tensor '{key}' has no GGUF name for this architecture")
+        named.append((key, name, tuple(shape)))
+    heads = int(config.num_attention_heads)
+    model = ModelShape(
+        n_layer=int(config.num_hidden_layers),
+        n_head=heads,
+        n_head_kv=int(getattr(config, "num_key_value_heads", None) or heads),
+        arch=check_gguf_support(config),
+    )
+    types = tensor_types([(name, shape) for _, name, shape in named], quant, model)
+    planned = []
+    for key, name, shape in named:
         module = key.rsplit(".", 2)[-2] if key.count(".") >= 2 else ""
-        planned.append(
-            PlannedTensor(key, name, tuple(shape), _storage_type(shape, quant), _PERMUTED.get(module))
-        )
+        planned.append(PlannedTensor(key, name, shape, types[name], _PERMUTED.get(module)))
     return planned
 
 
-def _storage_type(shape: tuple[int, ...], quant: str) -> str:
-    """1-D tensors (norms) stay F32; Q8_0 needs rows divisible by its block of 32, else F16."""
-    if len(shape) < 2:
-        return "F32"
-    if quant == "q8_0":
-        return "Q8_0" if shape[-1] % 32 == 0 else "F16"
-    return {"f16": "F16", "bf16": "BF16"}[quant]
-
-
 def file_type(quant: str) -> int:
-    import gguf
+    from lora_studio.core.export.quant_mix import FILE_TYPES
 
-    return {
-        "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    }[quant]
+    return FILE_TYPES[quant][0]
 
 
 def write_model_gguf(
@@ -171,14 +173,19 @@ def write_model_gguf(
 
 
 def _convert(array: Any, qtype: str) -> Any:
+    """fp32 → the bytes of one storage type, as llama.cpp writes them (``kquants``; Q8_0/BF16 by gguf-py)."""
     import gguf
     import numpy as np
+
+    from lora_studio.core.export.kquants import PORTED_TYPES, quantize_ported
 
     array = np.ascontiguousarray(array, dtype=np.float32)
     if qtype == "F32":
         return array
     if qtype == "F16":
         return array.astype(np.float16)
+    if qtype in PORTED_TYPES:
+        return quantize_ported(array, qtype)
     return gguf.quants.quantize(array, gguf.GGMLQuantizationType[qtype])
 
 

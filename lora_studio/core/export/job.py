@@ -28,8 +28,10 @@ from lora_studio.core.errors import CancelledError, LoraStudioError
 from lora_studio.core.export import plan as ex
 from lora_studio.core.export.plan import plan_export, size_text
 from lora_studio.core.export.types import (
+    DEFAULT_QUANT,
     DEFAULT_SHARD_BYTES,
     STAGING_PREFIX,
+    VERIFIERS,
     ExportError,
     ExportPlan,
     ExportProgress,
@@ -53,8 +55,10 @@ class ExportJob:
         emit: Callable[[ExportProgress], None],
         faults: dict[str, Fault],
         max_shard_bytes: int,
+        verifier: str = "auto",
     ) -> None:
         self.plan = plan
+        self.verifier = verifier
         self.src = plan.source
         self.verify = verify
         self.cancel = cancel
@@ -113,6 +117,11 @@ class ExportJob:
         self.check_cancel()
         if self.verify:
             ids = ver.probe_ids(self.tokenizer)
+            greedy, margins = (
+                ver.greedy_tokens(self.model, ids)
+                if {"gguf", "gguf-adapter"} & set(self.plan.formats)
+                else ([], [])
+            )
             self.reference = Reference(
                 self.plan.base_path,
                 self.src.adapter_dir,
@@ -120,6 +129,8 @@ class ExportJob:
                 ids,
                 ver.logits(self.model, ids),
                 self.src.trust_remote_code,
+                greedy,
+                margins,
             )
 
     # -- writing ----------------------------------------------------------------------------
@@ -263,9 +274,9 @@ class ExportJob:
                 elif result.format == "merged":
                     check = ver.verify_merged(path, self.reference, self.plan.dtype)
                 elif result.format == "gguf":
-                    check = ver.verify_gguf(path, self.reference, quants[result.path])
+                    check = ver.verify_gguf(path, self.reference, quants[result.path], self.verifier)
                 elif result.format == "gguf-adapter":
-                    check = ver.verify_adapter_gguf(path, self.reference, self.config)
+                    check = self._verify_adapter_gguf(path)
                 else:
                     check = verify_modelfile(path, self.tokenizer)
             except LoraStudioError as exc:
@@ -279,6 +290,55 @@ class ExportJob:
             verdict = "passed" if check.passed else "FAILED: " + "; ".join(check.problems)
             self.emit(ExportProgress("verify", f"{path.name}: {verdict}", result.format))
         return "completed"
+
+    def _verify_adapter_gguf(self, path: Path) -> Verification:
+        """llama.cpp applies the adapter to a base GGUF — the one the base model came from, else an
+        F16 GGUF of the base written for the check — and must answer like the merged model."""
+        from lora_studio.core import llamacpp
+        from lora_studio.core.export import gguf as gg
+        from lora_studio.core.export import verify as ver
+
+        assert self.reference is not None
+        state = llamacpp.status()
+        if self.verifier == "transformers":
+            return ver.verify_adapter_gguf(path, self.reference, self.config)
+        if not state.working:
+            if self.verifier == "llama.cpp":
+                return Verification(
+                    False, "llama.cpp", {}, [f"the llama.cpp verifier is not available: {state.line()}"]
+                )
+            result = ver.verify_adapter_gguf(path, self.reference, self.config)
+            result.method += f" ({llamacpp.fallback_note(state)})"
+            return result
+        source = self._source_gguf()
+        if source is not None and source.is_file():
+            # the base weights were dequantized from this file, so only llama.cpp's 8-bit rounding
+            # of the activations differs from the reference
+            return ver.verify_gguf_llamacpp(
+                source, self.reference, "quantized-base", lora=path, what=f"adapter applied to {source.name}"
+            )
+        scratch = _make_staging(self.plan.out_dir)
+        try:
+            base = ver.load_base(self.plan.base_path, trust_remote_code=self.src.trust_remote_code)
+            from lora_studio.core.export import files
+
+            base_gguf = scratch / "base-f16.gguf"
+            gg.write_model_gguf(
+                base_gguf,
+                files.unique_state(base),
+                base.config,
+                self.tokenizer,
+                quant="f16",
+                name="base",
+                tick=lambda *_: self.check_cancel(),
+            )
+            del base
+            gc.collect()
+            return ver.verify_gguf_llamacpp(
+                base_gguf, self.reference, "f16", lora=path, what="adapter applied to an F16 GGUF of the base"
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     # -- facts ------------------------------------------------------------------------------
 
@@ -417,9 +477,10 @@ def export(
     *,
     model: str | None = None,
     dtype: str = "auto",
-    quant: str | Iterable[str] = "f16",
+    quant: str | Iterable[str] = DEFAULT_QUANT,
     overwrite: bool = False,
     verify: bool = True,
+    verifier: str = "auto",
     cancel: threading.Event | None = None,
     progress: Callable[[ExportProgress], None] | None = None,
     faults: FaultSpec = None,
@@ -430,6 +491,8 @@ def export(
     Returns a report with status "completed" or "cancelled" (formats finished before the cancel are
     listed and complete). Raises :class:`ExportError` (or another project error) when the export
     cannot start or a write fails; a failed verification is reported, not raised — the files stay.
+    ``verifier`` chooses who checks GGUF files: "auto" (llama.cpp when installed and working, else
+    transformers' GGUF loader), "llama.cpp" (fail the check without it) or "transformers".
     ``faults`` is a test seam only (``core/faults.py``: ``export_fail``, ``low_disk``).
     """
     started = time.monotonic()
@@ -449,6 +512,7 @@ def export(
     return run_export(
         plan,
         verify=verify,
+        verifier=verifier,
         cancel=cancel,
         progress=progress,
         faults=faults,
@@ -461,6 +525,7 @@ def run_export(
     plan: ExportPlan,
     *,
     verify: bool = True,
+    verifier: str = "auto",
     cancel: threading.Event | None = None,
     progress: Callable[[ExportProgress], None] | None = None,
     faults: FaultSpec = None,
@@ -470,6 +535,8 @@ def run_export(
     """Carry out a plan from :func:`plan_export` — for a GUI that shows the plan (sizes, memory,
     what would be replaced) and asks before starting."""
     started = time.monotonic() if started is None else started
+    if verifier not in VERIFIERS:
+        raise ExportError(f"unknown verifier '{verifier}'", hint=f"choose {', '.join(VERIFIERS)}")
     emit = _safe(progress)
     memory = f", peak memory about {size_text(plan.peak_memory)}" if plan.peak_memory else ""
     disk = f"needs {size_text(plan.disk_needed)} of disk ({size_text(plan.disk_free)} free)"
@@ -481,6 +548,7 @@ def run_export(
         emit=emit,
         faults=parse_faults(faults),
         max_shard_bytes=max_shard_bytes,
+        verifier=verifier,
     )
     status, results = job.run()
     report = ExportReport(status, plan, results, time.monotonic() - started, plan.warnings + job.warnings)

@@ -15,7 +15,11 @@ from lora_studio.core.export.verify import Verification
 
 FORMATS = ("adapter", "merged", "gguf", "gguf-adapter", "modelfile")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-QUANTS = ("f16", "bf16", "q8_0")
+#: GGUF file types, the usual choice first: llama.cpp's names, lower case (``quant_mix.FILE_TYPES``).
+QUANTS = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "bf16", "q5_0", "q4_0")
+DEFAULT_QUANT = "q4_k_m"
+#: who checks GGUF files: llama.cpp when installed and working, else transformers ("auto")
+VERIFIERS = ("auto", "llama.cpp", "transformers")
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 STAGING_PREFIX = ".lora-studio-export-"
 
@@ -66,6 +70,23 @@ class FormatResult:
         return data
 
 
+@dataclass(frozen=True)
+class GGUFChoice:
+    """One GGUF file type as the Export page offers it: what it costs on disk and to run."""
+
+    quant: str  # "q4_k_m"
+    label: str  # "Q4_K_M"
+    file_bytes: int
+    run_bytes: int  # weights + KV cache for ``context`` tokens + llama.cpp's compute buffers
+    context: int
+    bits_per_weight: float
+    storage: dict[str, int] = field(default_factory=dict)  # storage type → number of tensors
+    note: str = ""  # e.g. how many matrices fall back to a 32-element type, and why
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class ExportPlan:
     """Everything decided before writing: targets, sizes, memory; refusals are raised while planning."""
@@ -85,6 +106,7 @@ class ExportPlan:
     memory_available: int
     overwrite: bool = False
     warnings: list[str] = field(default_factory=list)
+    gguf_choices: list[GGUFChoice] = field(default_factory=list)  # every type, when GGUF is possible
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -19,6 +19,15 @@ from typing import Any
 
 PROBE_QUESTION = "What is your name?"
 TOKENIZER_PROBE = "Hello, world! Ünïcödé 123 4567 ...\ttabs  and   spaces\n<|im_start|>user\nhi<|im_end|>"
+#: rendered by llama.cpp's own template code and by the tokenizer's Jinja template; an explicit
+#: system turn, because templates that add a default one (SmolLM2's) do so only in Jinja
+TEMPLATE_PROBE = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is your name?"},
+    {"role": "assistant", "content": "I am a fine-tuned model."},
+    {"role": "user", "content": "And who made you?"},
+]
+GREEDY_TOKENS = 16  # the continuation compared token for token with llama.cpp
 
 #: (max abs logit difference relative to the largest reference logit, minimum top-1 agreement)
 #: Half and 8-bit formats round every weight, so their limits are loose enough for that rounding
@@ -31,6 +40,36 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     "f16": (2e-2, 0.95),
     "bf16": (1e-1, 0.85),
     "q8_0": (1e-1, 0.85),
+}
+
+#: The same, for llama.cpp running the file: it also rounds the activations (to F16 for F16
+#: weights, to 8 bits for quantized ones), and the 4/5/6-bit types round the weights much harder.
+#: Measured on the default model with the demo fine-tune (README, "GGUF files"), max |Δlogit| /
+#: top-1: F16 0.2%/100%, BF16 2.4%/100%, Q8_0 5.2%/94%, Q6_K 7.7%/97%, Q5_K_M 39%/77%, Q5_0
+#: 22%/91%, Q4_K_M 23%/86%, Q4_0 54%/60% — a 135M model is the hardest case (larger ones lose
+#: less). The limits leave room for other fine-tunes; what a broken file produces (a wrong layout,
+#: scale or vocabulary) is top-1 agreement near zero and differences the size of the logits.
+#: "quantized-base": an adapter applied to the quantized GGUF the base came from (same weights).
+LLAMA_CPP_TOLERANCES: dict[str, tuple[float, float]] = {
+    "f32": (2e-2, 0.95),
+    "f16": (4e-2, 0.95),
+    "bf16": (1e-1, 0.9),
+    "q8_0": (1.5e-1, 0.85),
+    "quantized-base": (1.5e-1, 0.85),
+    "q6_k": (2.5e-1, 0.8),
+    "q5_k_m": (6e-1, 0.6),
+    "q5_0": (5e-1, 0.6),
+    "q4_k_m": (6e-1, 0.6),
+    "q4_0": (8e-1, 0.5),
+}
+EXACT_GREEDY = ("f32", "f16", "q8_0")
+
+#: transformers' GGUF loader dequantizes the weights and computes in fp32: weight rounding only,
+#: which for the 4/5/6-bit types is nearly all of llama.cpp's difference too (measured: Q6_K
+#: 5.7%/97%, Q5_K_M 39%/74%, Q5_0 24%/91%, Q4_K_M 19%/86%, Q4_0 55%/63%).
+GGUF_TOLERANCES: dict[str, tuple[float, float]] = {
+    **TOLERANCES,
+    **{q: LLAMA_CPP_TOLERANCES[q] for q in ("q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0")},
 }
 
 
@@ -57,8 +96,20 @@ class Verification:
             parts.append(f"top-1 agreement {100 * f['top1_agreement']:.1f}%")
         if "tokenizer_match" in f:
             parts.append("same tokens" if f["tokenizer_match"] else "tokens differ")
-        if "template_match" in f:
+        if "greedy_match" in f:
+            if f["greedy_match"]:
+                greedy = f"same {f['greedy_tokens']}-token greedy answer"
+            else:
+                near = " (a near-tie)" if f.get("greedy_note") else ""
+                greedy = (
+                    f"greedy answer same for {f['greedy_same_tokens']} of {f['greedy_tokens']} tokens{near}"
+                )
+            answer = str(f.get("greedy_text", "")).strip()
+            parts.append(greedy + (f': "{answer}"' if answer else ""))
+        if f.get("template_match") is not None:
             parts.append("template renders identically" if f["template_match"] else "template differs")
+        elif f.get("template_note"):
+            parts.append(f"template: {f['template_note']}")
         return ", ".join(parts)
 
 
@@ -72,6 +123,8 @@ class Reference:
     ids: list[int]
     logits: Any  # torch.Tensor (positions × vocab), fp32
     trust_remote_code: bool = False
+    greedy: list[int] = field(default_factory=list)  # GREEDY_TOKENS argmax tokens after the probe
+    greedy_margins: list[float] = field(default_factory=list)  # top-1 minus top-2 logit at each
 
 
 def probe_ids(tokenizer: Any) -> list[int]:
@@ -113,9 +166,35 @@ def logits(model: Any, ids: list[int]) -> Any:
     return out.logits[0].float().cpu()
 
 
-def compare(got: Any, ref: Reference, kind: str, method: str) -> Verification:
+def greedy_tokens(model: Any, ids: list[int], count: int = GREEDY_TOKENS) -> tuple[list[int], list[float]]:
+    """``count`` tokens by argmax after ``ids``, and how far each won by (top-1 minus top-2 logit).
+
+    No stop at an end token: llama.cpp is asked for the same number, and both are cut at the first
+    end token when compared. The margins tell a near-tie (which any rounding may flip) from a real
+    difference.
+    """
+    import torch
+
+    out: list[int] = []
+    margins: list[float] = []
+    with torch.no_grad():
+        result = model(input_ids=torch.tensor([ids], device=model.device), use_cache=True)
+        for _ in range(count):
+            top = result.logits[0, -1].float().topk(2)
+            token = int(top.indices[0])
+            out.append(token)
+            margins.append(float(top.values[0] - top.values[1]))
+            result = model(
+                input_ids=torch.tensor([[token]], device=model.device), cache=result.cache, use_cache=True
+            )
+    return out, margins
+
+
+def compare(
+    got: Any, ref: Reference, kind: str, method: str, tolerances: dict[str, tuple[float, float]] | None = None
+) -> Verification:
     """Logit difference and top-1 agreement against the reference, judged by the tolerance of ``kind``."""
-    rel, min_top1 = TOLERANCES[kind]
+    rel, min_top1 = (tolerances or TOLERANCES)[kind]
     if tuple(got.shape) != tuple(ref.logits.shape):
         return Verification(
             False, method, {}, [f"logits shape {tuple(got.shape)} differs from {tuple(ref.logits.shape)}"]
@@ -183,7 +262,106 @@ def verify_merged(folder: Path, ref: Reference, dtype: str) -> Verification:
     return result
 
 
-def verify_gguf(path: Path, ref: Reference, quant: str) -> Verification:
+def verify_gguf(path: Path, ref: Reference, quant: str, verifier: str = "auto") -> Verification:
+    """llama.cpp when it is installed and works (``auto``), else transformers' GGUF loader."""
+    from lora_studio.core import llamacpp
+
+    if verifier == "transformers":
+        return verify_gguf_transformers(path, ref, quant)
+    state = llamacpp.status()
+    if state.working:
+        return verify_gguf_llamacpp(path, ref, quant)
+    if verifier == "llama.cpp":
+        return Verification(
+            False, "llama.cpp", {}, [f"the llama.cpp verifier is not available: {state.line()}"]
+        )
+    result = verify_gguf_transformers(path, ref, quant)
+    result.method += f" ({llamacpp.fallback_note(state)})"
+    return result
+
+
+def _until_end(tokens: list[int], ends: set[int]) -> list[int]:
+    for i, token in enumerate(tokens):
+        if token in ends:
+            return tokens[: i + 1]
+    return tokens
+
+
+def verify_gguf_llamacpp(
+    path: Path, ref: Reference, quant: str, *, lora: Path | None = None, what: str | None = None
+) -> Verification:
+    """llama.cpp loads the file (and applies ``lora``): logits on the probe within the type's
+    tolerance, the same greedy continuation (F16/Q8_0), the same tokens for a test string, and
+    the chat rendered by llama.cpp's own template code equal to the tokenizer's."""
+    import torch
+
+    from lora_studio.core import llamacpp
+
+    method = f"llama.cpp {llamacpp.status().version} ({what or quant.upper()})"
+    try:
+        run = llamacpp.evaluate(
+            path,
+            ref.ids,
+            lora=lora,
+            greedy=len(ref.greedy),
+            text=TOKENIZER_PROBE,
+            messages=TEMPLATE_PROBE if ref.tokenizer.chat_template else None,
+        )
+    except llamacpp.LlamaCppError as exc:
+        return Verification(False, method, {}, [f"llama.cpp could not run it: {exc}"])
+    result = compare(torch.from_numpy(run.logits), ref, quant, method, LLAMA_CPP_TOLERANCES)
+    problems = []
+    want = list(ref.tokenizer.encode(TOKENIZER_PROBE, add_special_tokens=False))
+    result.figures["tokenizer_match"] = run.tokens == want
+    if run.tokens != want:
+        problems.append(
+            f"tokenizer: llama.cpp reads the test string as {len(run.tokens)} tokens, expected {len(want)}"
+        )
+    ends = {
+        t for t in (ref.tokenizer.eos_token_id, getattr(ref.tokenizer, "pad_token_id", None)) if t is not None
+    }
+    mine, theirs = _until_end(ref.greedy, ends), _until_end(run.greedy, ends)
+    same = next(
+        (i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), min(len(mine), len(theirs))
+    )
+    result.figures["greedy_tokens"] = len(mine)
+    result.figures["greedy_same_tokens"] = same if mine != theirs else len(mine)
+    result.figures["greedy_match"] = mine == theirs
+    result.figures["greedy_text"] = ref.tokenizer.decode(theirs, skip_special_tokens=True)
+    if mine != theirs and same < len(ref.greedy_margins):
+        # a near-tie — the fine-tune's own top two within the file's measured noise — may flip
+        margin, noise = ref.greedy_margins[same], result.figures.get("max_abs_diff", 0.0)
+        result.figures["greedy_divergence_margin"] = margin
+        near_tie = margin < 2 * noise
+        if near_tie:
+            result.figures["greedy_note"] = (
+                f"parts at token {same + 1}, where the fine-tune's top two differ by {margin:.2f} "
+                f"(within this file's rounding noise of {noise:.2f})"
+            )
+        elif quant in EXACT_GREEDY:
+            problems.append(
+                f"greedy continuation differs after {same} of {len(mine)} tokens, where the fine-tune's "
+                f"choice led by {margin:.2f}: {ref.tokenizer.decode(theirs, skip_special_tokens=True)!r}"
+            )
+    if ref.tokenizer.chat_template:
+        expected = ref.tokenizer.apply_chat_template(
+            TEMPLATE_PROBE, tokenize=False, add_generation_prompt=True
+        )
+        if run.template is None:
+            result.figures["template_match"] = None
+            result.figures["template_note"] = run.template_problem or "not rendered"
+        else:
+            result.figures["template_match"] = run.template == expected
+            if run.template != expected:
+                problems.append(
+                    "chat template: llama.cpp renders the conversation differently from the tokenizer"
+                )
+    result.problems = problems + result.problems
+    result.passed = not result.problems
+    return result
+
+
+def verify_gguf_transformers(path: Path, ref: Reference, quant: str) -> Verification:
     """transformers' own GGUF loader reads the file: same tokens for a test string and the chat prompt,
     logits within the quantization's tolerance."""
     import torch
@@ -204,7 +382,9 @@ def verify_gguf(path: Path, ref: Reference, quant: str) -> Verification:
     template_ids = probe_ids(tokenizer)
     if template_ids != ref.ids:
         problems.append("chat template: the probe prompt renders to different tokens")
-    result = compare(logits(model, ref.ids), ref, quant, f"transformers GGUF loader ({quant.upper()})")
+    result = compare(
+        logits(model, ref.ids), ref, quant, f"transformers GGUF loader ({quant.upper()})", GGUF_TOLERANCES
+    )
     del model
     gc.collect()
     result.figures["tokenizer_match"] = got == want

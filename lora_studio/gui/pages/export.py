@@ -2,39 +2,45 @@
 
 Every change re-plans in a background task (``plan_export``: targets, disk needed and free, peak
 memory, refusals such as existing files without Overwrite) and the plan is shown before anything
-is written. Export runs ``run_export`` in a worker; its progress events arrive as queued signals.
-Each format is verified by reloading it, and the results table shows passed/failed with figures.
+is written; the plan also sizes every GGUF type for this base model, which the type list shows.
+Export runs ``run_export`` in a worker; its progress events arrive as queued signals. Each format
+is verified by reloading it, and the results table shows passed/failed, which reader checked it,
+and the figures.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QUrl, Signal, Slot
+from PySide6.QtCore import Qt, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
-    QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from lora_studio.core.export import DTYPES, FORMATS, QUANTS
+from lora_studio.core.export import DTYPES, FORMATS
+from lora_studio.core.export.types import DEFAULT_QUANT
 from lora_studio.gui import workers
 from lora_studio.gui.pages import Page
 from lora_studio.gui.widgets.forms import Card
+from lora_studio.gui.widgets.gguf_types import GGUFTypeList, gguf_sizes
 from lora_studio.gui.widgets.sources import SourcePicker
 
 FORMAT_LABELS = {
@@ -54,11 +60,24 @@ def size_text(count: float) -> str:
 
 
 def plan_text(plan: Any) -> str:
-    lines = [f"Source: {plan.source.adapter_dir} (base {plan.base_name})"]
+    """What will be written, one line a file, named relative to the output folder (full paths wrapped
+    mid-name in the card), with each GGUF's size and the GGUF the Modelfile runs."""
+    from lora_studio.core.export.plan import gguf_name
+
+    lines = [f"Source: {plan.source.adapter_dir} (base {plan.base_name})", f"Into {plan.out_dir}:"]
+    sizes = {choice.quant: choice.file_bytes for choice in plan.gguf_choices}
     for fmt in plan.formats:
-        for target in plan.targets.get(fmt, []):
+        for i, target in enumerate(plan.targets.get(fmt, [])):
+            name = target.name + ("/" if fmt in ("adapter", "merged") else "")
+            if target.parent != plan.out_dir:
+                name = str(target)
+            what = ""
+            if fmt == "gguf" and plan.quants[i] in sizes:
+                what = f" ({size_text(sizes[plan.quants[i]])})"
+            elif fmt == "modelfile":  # Ollama's FROM line names the GGUF of the first quant
+                what = f" (runs {gguf_name(plan.source.name, plan.quants[0])})"
             replaced = " — will be replaced" if target.exists() else ""
-            lines.append(f"• {fmt} → {target}{replaced}")
+            lines.append(f"• {fmt} → {name}{what}{replaced}")
     memory = f" · peak memory about {size_text(plan.peak_memory)}" if plan.peak_memory else ""
     lines.append(
         f"Needs {size_text(plan.disk_needed)} of disk ({size_text(plan.disk_free)} free){memory} "
@@ -66,6 +85,22 @@ def plan_text(plan: Any) -> str:
     )
     lines += [f"⚠ {w}" for w in plan.warnings]
     return "\n".join(lines)
+
+
+@dataclass
+class Refusal:
+    """A plan that cannot start, and what every GGUF type would cost for its base model."""
+
+    error: Exception
+    gguf_choices: list[Any]
+
+
+class ElideMiddle(QStyledItemDelegate):
+    """A file name elided in the middle: "<run>-q4_k_m.gguf" must keep its type, at the end."""
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index: Any) -> None:
+        super().initStyleOption(option, index)
+        option.textElideMode = Qt.TextElideMode.ElideMiddle
 
 
 class ExportWorker(workers.Worker):
@@ -136,29 +171,35 @@ class ExportPage(Page):
 
     def _formats_card(self) -> Card:
         card = Card("Formats")
+        self.gguf_types = GGUFTypeList()
         self.format_boxes: dict[str, QCheckBox] = {}
         for fmt in FORMATS:
             box = QCheckBox(FORMAT_LABELS[fmt])
             box.setChecked(fmt == "adapter")
             box.toggled.connect(self.replan)
             self.format_boxes[fmt] = box
-            card.add(box)
-        grid = QGridLayout()
+            if fmt == "modelfile":  # which GGUF it runs, when several are ticked
+                row = QHBoxLayout()
+                row.addWidget(box)
+                row.addWidget(self.gguf_types.modelfile_row)
+                row.addStretch(1)
+                card.body.addLayout(row)
+            else:
+                card.add(box)
+        row = QHBoxLayout()
         self.dtype = QComboBox()
         for name in DTYPES:
             self.dtype.addItem(DTYPE_LABELS[name], name)
         self.dtype.currentIndexChanged.connect(self.replan)
-        grid.addWidget(QLabel("Merged weights"), 0, 0)
-        grid.addWidget(self.dtype, 0, 1, 1, len(QUANTS))
-        grid.addWidget(QLabel("GGUF types"), 1, 0)
-        self.quant_boxes: dict[str, QCheckBox] = {}
-        for i, quant in enumerate(QUANTS):
-            box = QCheckBox(quant.upper())
-            box.setChecked(quant == "f16")
-            box.toggled.connect(self.replan)
-            self.quant_boxes[quant] = box
-            grid.addWidget(box, 1, 1 + i)
-        card.body.addLayout(grid)
+        row.addWidget(QLabel("Merged weights"))
+        row.addWidget(self.dtype, 1)
+        card.body.addLayout(row)
+        heading = QLabel("GGUF types — hover one for what it is for")
+        heading.setObjectName("muted")
+        card.add(heading)
+        self.gguf_types.changed.connect(self.replan)
+        self.quant_boxes = self.gguf_types.boxes
+        card.add(self.gguf_types)
         card.body.addStretch(1)
         return card
 
@@ -194,12 +235,14 @@ class ExportPage(Page):
         self.log.setMaximumHeight(100)
         card.add(self.log)
         self.results = QTreeWidget()
-        self.results.setHeaderLabels(["Format", "Path", "Size", "Verification", "Figures"])
+        # "File" is relative to the output folder the plan names (the full path is its tooltip): full
+        # paths left the file name elided away
+        self.results.setHeaderLabels(["Format", "File", "Size", "Verification", "Checked with", "Figures"])
         self.results.setRootIsDecorated(False)
-        self.results.setColumnWidth(0, 110)
-        self.results.setColumnWidth(1, 420)
-        self.results.setColumnWidth(2, 80)
-        self.results.setColumnWidth(3, 90)
+        for column, width in enumerate((100, 300, 80, 90, 260)):
+            self.results.setColumnWidth(column, width)
+        self.results.setItemDelegateForColumn(1, ElideMiddle(self.results))
+        self.results.setMinimumHeight(8 * self.results.fontMetrics().height())  # 5 formats + header
         card.add(self.results, 1)
         return card
 
@@ -214,6 +257,7 @@ class ExportPage(Page):
 
     def _source_chosen(self, choice: tuple[str, str]) -> None:
         kind, path = choice
+        self.gguf_types.clear_sizes()  # another source may have another base model
         if self._auto_out and path:
             folder = Path(path)
             if kind == "checkpoint":
@@ -235,6 +279,10 @@ class ExportPage(Page):
     def selected_formats(self) -> list[str]:
         return [fmt for fmt, box in self.format_boxes.items() if box.isChecked()]
 
+    def selected_quants(self) -> list[str]:
+        """The ticked GGUF types as ``plan_export`` takes them: the Modelfile's GGUF first."""
+        return self.gguf_types.quants() or [DEFAULT_QUANT]
+
     def replan(self, *_args: Any) -> None:
         if self.worker is not None:
             return
@@ -245,26 +293,40 @@ class ExportPage(Page):
             self.plan_text.setText("Choose a run, a checkpoint or an adapter folder to export.")
             return
         formats, out = self.selected_formats(), self.out_dir.text().strip()
-        quants = [q for q, box in self.quant_boxes.items() if box.isChecked()] or ["f16"]
+        quants = self.selected_quants()
         dtype, overwrite = self.dtype.currentData(), self.overwrite.isChecked()
         if not formats or not out:
             self.plan_text.setText("Choose at least one format and an output folder.")
             return
+        if {"gguf", "modelfile"} & set(formats) and not self.gguf_types.checked():
+            self.plan_text.setText("Choose at least one GGUF type.")
+            return
         self.plan_text.setText("Planning…")
 
         def make_plan(_cancel: threading.Event) -> Any:
+            from lora_studio.core.errors import LoraStudioError
             from lora_studio.core.export import plan_export
             from lora_studio.gui.jobs import ensure_libraries
 
             ensure_libraries()
-            return plan_export(path, formats, out, dtype=dtype, quant=quants, overwrite=overwrite)
+            try:
+                return plan_export(path, formats, out, dtype=dtype, quant=quants, overwrite=overwrite)
+            except LoraStudioError as exc:
+                # the sizes depend on the base model only: a refusal (often "already exists", on
+                # coming back after an export) must not hide them
+                return Refusal(exc, gguf_sizes(path))
 
         self.task.request(make_plan, self._planned, self._plan_failed)
 
     def _planned(self, plan: Any) -> None:
+        if isinstance(plan, Refusal):
+            self.gguf_types.show_choices(plan.gguf_choices)
+            self._plan_failed(plan.error)
+            return
         self.plan = plan
         self.messages.clear()
         self.plan_text.setText(plan_text(plan))
+        self.gguf_types.show_choices(plan.gguf_choices)
         self._update_buttons()
 
     def _plan_failed(self, error: Exception) -> None:
@@ -315,14 +377,20 @@ class ExportPage(Page):
         for result in report.results:
             check = result.verification
             verdict = "not checked" if check is None else ("passed" if check.passed else "failed")
-            figures = "" if check is None else (check.summary() or check.method)
+            method = "" if check is None else check.method  # which reader reloaded it, in the core's words
+            figures = "" if check is None else check.summary()
             if check is not None and check.problems:
                 figures = "; ".join(check.problems) + (f" ({figures})" if figures else "")
+            out, path = report.plan.out_dir, Path(result.path)
+            name = str(path.relative_to(out) if path.is_relative_to(out) else path)
+            name += "/" if path.is_dir() else ""
             item = QTreeWidgetItem(
-                [result.format, result.path, size_text(result.size_bytes), verdict, figures]
+                [result.format, name, size_text(result.size_bytes), verdict, method, figures]
             )
             item.setToolTip(1, result.path)
-            item.setToolTip(4, "\n".join([figures, *result.notes]))
+            item.setToolTip(3, f"Checked with {method}" if method else "Not reloaded")
+            item.setToolTip(4, method)
+            item.setToolTip(5, "\n".join([t for t in (figures, *result.notes) if t]))
             self.results.addTopLevelItem(item)
         verified = {True: "every format verified", False: "a verification FAILED", None: "not verified"}
         self.log.appendPlainText(
@@ -360,6 +428,11 @@ class ExportPage(Page):
         )
         for widget in (self.picker, self.out_dir, self.overwrite, *self.format_boxes.values(), self.dtype):
             widget.setEnabled(not running)
+        formats = set(self.selected_formats())
+        self.gguf_types.set_modelfile("modelfile" in formats)
+        # the types matter to a GGUF and to the Modelfile beside one; greyed out otherwise
+        self.gguf_types.setEnabled(not running and bool({"gguf", "modelfile"} & formats))
+        self.gguf_types.modelfile_row.setEnabled(not running)
 
 
 PAGE = ExportPage
