@@ -127,12 +127,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from lora_studio.core import llamacpp
-    from lora_studio.core.export.plan import gguf_choices, resolve_source, weight_shapes
-    from lora_studio.core.models import load_config, resolve_model
+    from lora_studio.core.export.plan import gguf_choices_for
 
     run = args.run or train_demo(8 if args.quick else None)
-    base = resolve_model(resolve_source(run).base_model).path
-    choices = {c.quant: c for c in gguf_choices(weight_shapes(base), load_config(base))}
+    choices = {c.quant: c for c in gguf_choices_for(run)}  # what the Export page shows
     have_llama = llamacpp.status().working
     print(f"llama.cpp verifier: {llamacpp.status().line()}", flush=True)
     by_llama = check_types(run, "llama.cpp") if have_llama else {}

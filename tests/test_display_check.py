@@ -396,7 +396,16 @@ def test_qt_prefers_its_own_plugin_to_one_in_qt_qpa_platform_plugin_path(tmp_pat
 
 
 def _only_fast_checks(monkeypatch):
-    for name in ("_torch", "_gpus", "_bf16", "_bitsandbytes", "_libraries", "_disk", "_default_model"):
+    for name in (
+        "_torch",
+        "_gpus",
+        "_bf16",
+        "_bitsandbytes",
+        "_libraries",
+        "_disk",
+        "_default_model",
+        "_llama_cpp",
+    ):
         monkeypatch.setattr(doctor, name, lambda: [])
 
 

@@ -22,6 +22,7 @@ def test_doctor_on_this_machine_can_train_and_reports_every_area():
         "cache folder",
         "runs folder",
         "default model",
+        "llama.cpp",
     } <= names
     assert report["can_train"] is True
     by_name = {c["name"]: c for c in report["checks"]}
@@ -81,3 +82,27 @@ def test_the_cpu_nf4_line_says_what_the_optional_kernels_package_would_add(monke
     nf4 = by_name["bitsandbytes nf4"]
     assert nf4.status == doctor.OK and "`kernels`" in nf4.detail, nf4
     assert "kernels" not in by_name["bitsandbytes int8"].detail
+
+
+def test_doctor_reports_the_llama_cpp_verifier_without_failing_the_machine(monkeypatch):
+    import signal
+
+    from lora_studio.core import llamacpp
+
+    monkeypatch.setenv("LORA_STUDIO_LLAMA_CPP", "off")
+    [check] = doctor._llama_cpp()
+    assert check.status == doctor.OK and "turned off" in check.detail
+    monkeypatch.delenv("LORA_STUDIO_LLAMA_CPP")
+    monkeypatch.setattr(llamacpp, "installed", lambda: True)
+    monkeypatch.setattr(
+        llamacpp.subprocess,
+        "run",
+        lambda args, **_: subprocess.CompletedProcess(args, -signal.SIGILL, "", ""),
+    )
+    llamacpp._probe.cache_clear()
+    try:
+        [check] = doctor._llama_cpp()
+    finally:
+        llamacpp._probe.cache_clear()
+    assert check.status == doctor.WARNING and "SIGILL" in check.detail and "GGML_NATIVE=OFF" in check.detail
+    assert "fall back to transformers" in check.fix and doctor.can_train([check])
