@@ -295,13 +295,14 @@ class ExportJob:
         """llama.cpp applies the adapter to a base GGUF — the one the base model came from, else an
         F16 GGUF of the base written for the check — and must answer like the merged model."""
         from lora_studio.core import llamacpp
+        from lora_studio.core.export import files
         from lora_studio.core.export import gguf as gg
         from lora_studio.core.export import verify as ver
 
         assert self.reference is not None
-        state = llamacpp.status()
         if self.verifier == "transformers":
             return ver.verify_adapter_gguf(path, self.reference, self.config)
+        state = llamacpp.status()
         if not state.working:
             if self.verifier == "llama.cpp":
                 return Verification(
@@ -320,8 +321,6 @@ class ExportJob:
         scratch = _make_staging(self.plan.out_dir)
         try:
             base = ver.load_base(self.plan.base_path, trust_remote_code=self.src.trust_remote_code)
-            from lora_studio.core.export import files
-
             base_gguf = scratch / "base-f16.gguf"
             gg.write_model_gguf(
                 base_gguf,
