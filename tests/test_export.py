@@ -377,6 +377,30 @@ def test_a_llama_cpp_that_crashes_with_sigill_is_reported_with_the_fix(monkeypat
         llamacpp._probe.cache_clear()
 
 
+def test_when_llama_cpp_crashes_on_a_file_transformers_checks_it_and_says_why(run_dir, tmp_path, monkeypatch):
+    """A crash is llama.cpp's fault, not the file's: with the verifier left at auto the file is still
+    checked (by transformers), and the method line carries llama.cpp's message."""
+    crash = "llama.cpp crashed with SIGILL (illegal instruction): it was built for CPU features this machine lacks"
+
+    def crashing(*_args, **_kwargs):
+        raise llamacpp.LlamaCppError(crash)
+
+    monkeypatch.setattr(
+        llamacpp, "status", lambda model=None: llamacpp.LlamaCppStatus(True, True, "0.0-test")
+    )
+    monkeypatch.setattr(llamacpp, "evaluate", crashing)
+    report = export(run_dir, "gguf,gguf-adapter", tmp_path / "a", quant="q8_0")
+    for result in report.results:
+        check = result.verification
+        assert check.passed and ("transformers" in check.method or "gguf reader" in check.method), (
+            check.method
+        )
+        assert f"(llama.cpp could not run it: {crash})" in check.method
+    insisted = export(run_dir, "gguf", tmp_path / "b", quant="q8_0", verifier="llama.cpp")
+    check = insisted.results[0].verification
+    assert not check.passed and "SIGILL" in check.problems[0]
+
+
 # -- the real model -----------------------------------------------------------------------------
 
 

@@ -187,6 +187,15 @@ def test_export_page_exports_an_adapter_and_shows_verification(qtbot, tiny_model
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert page.open_button.isEnabled() and page.progress.value() == page.progress.maximum()
     assert page.messages.message() == ""
+    # coming back to the page after an export keeps its result: no re-plan that "fails" on the files
+    page.page_shown()
+    qtbot.wait(500)
+    wait_workers(qtbot)
+    assert "✓ Exported" in page.plan_text.text() and page.messages.message() == ""
+    # a plan refused because the files are there is news, not an error, and says what to do
+    page.dtype.setCurrentIndex(1)  # any change re-plans
+    qtbot.waitUntil(lambda: "already exist" in page.messages.message(), timeout=60_000)
+    assert page.messages.kind == "info" and "tick Overwrite" in page.messages.message()
 
 
 def test_export_page_sizes_every_gguf_type_and_the_modelfile_uses_the_chosen_one(

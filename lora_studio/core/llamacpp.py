@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,6 @@ class Evaluation:
     tokens: list[int]  # llama.cpp's tokenization of the test string
     template: str | None  # the chat rendered by llama.cpp's own template code
     template_problem: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def disabled() -> bool:

@@ -105,6 +105,7 @@ def chat_and_export(app: object, window: object, run_dir: str) -> None:
     wait_idle(app, window)
     export.picker.select("folder", run_dir)
     export.out_dir.setText(str(Path(os.environ["LORA_STUDIO_RUNS_DIR"]).parent / "export"))
+    export._auto_out = False  # as if typed: showing the page again must not move it back
     for fmt, box in export.format_boxes.items():
         box.setChecked(fmt in ("adapter", "merged", "gguf", "modelfile"))
     wait_idle(app, window)

@@ -22,6 +22,7 @@ from lora_studio.core.export.types import (
     ExportReport,
     ExportSource,
     FormatResult,
+    TargetsExistError,
 )
 from lora_studio.core.export.verify import Verification
 
@@ -38,6 +39,7 @@ __all__ = [
     "ExportReport",
     "ExportSource",
     "FormatResult",
+    "TargetsExistError",
     "Verification",
     "export",
     "parse_formats",

@@ -295,8 +295,6 @@ class ExportJob:
         """llama.cpp applies the adapter to a base GGUF — the one the base model came from, else an
         F16 GGUF of the base written for the check — and must answer like the merged model."""
         from lora_studio.core import llamacpp
-        from lora_studio.core.export import files
-        from lora_studio.core.export import gguf as gg
         from lora_studio.core.export import verify as ver
 
         assert self.reference is not None
@@ -311,6 +309,23 @@ class ExportJob:
             result = ver.verify_adapter_gguf(path, self.reference, self.config)
             result.method += f" ({llamacpp.fallback_note(state)})"
             return result
+        try:
+            return self._adapter_in_llama_cpp(path)
+        except llamacpp.LlamaCppError as exc:
+            if self.verifier == "llama.cpp":
+                return Verification(
+                    False, f"llama.cpp {state.version}", {}, [f"llama.cpp could not run it: {exc}"]
+                )
+            result = ver.verify_adapter_gguf(path, self.reference, self.config)
+            result.method += f" (llama.cpp could not run it: {exc})"
+            return result
+
+    def _adapter_in_llama_cpp(self, path: Path) -> Verification:
+        from lora_studio.core.export import files
+        from lora_studio.core.export import gguf as gg
+        from lora_studio.core.export import verify as ver
+
+        assert self.reference is not None
         source = self._source_gguf()
         if source is not None and source.is_file():
             # the base weights were dequantized from this file, so only llama.cpp's 8-bit rounding

@@ -34,6 +34,7 @@ from lora_studio.core.export.types import (
     ExportPlan,
     ExportSource,
     GGUFChoice,
+    TargetsExistError,
 )
 from lora_studio.core.faults import FaultSpec, parse_faults
 
@@ -158,7 +159,7 @@ def plan_export(
     conflicts = [p for paths in targets.values() for p in paths if p.exists()]
     if conflicts and not overwrite:
         listed = ", ".join(p.name + ("/" if p.is_dir() else "") for p in conflicts)
-        raise ExportError(
+        raise TargetsExistError(
             f"{out}: {listed} already exist{'s' if len(conflicts) == 1 else ''}",
             hint="choose another output folder, or pass --overwrite to replace them",
         )
@@ -230,7 +231,7 @@ def gguf_choices(
     ``context`` tokens, its compute buffer (activations and attention scores for a 512-token
     batch, one row of logits), and a fixed overhead for the process. Checked against llama.cpp's
     peak RSS on the default model (4,096-token context, a 512-token batch, the untouched part of
-    the KV cache added): Q4_K_M 361 MiB measured, 355 estimated; F16 511 measured, 513 estimated.
+    the KV cache added): Q4_K_M 361 MiB measured, 353 estimated; F16 511 measured, 511 estimated.
     ``metadata_bytes`` (the vocabulary and template) is added to the file size.
     """
     from lora_studio.core.export import gguf as gg

@@ -28,6 +28,11 @@ class ExportError(LoraStudioError):
     """An export cannot start or did not finish; says what was (not) written."""
 
 
+class TargetsExistError(ExportError):
+    """The output folder already holds what would be written: a refusal, not a failure — the GUI
+    answers it with its Overwrite box, the CLI with ``--overwrite``."""
+
+
 @dataclass(frozen=True)
 class ExportSource:
     """What is exported: a PEFT adapter folder, the base model it belongs to, and its run (if any)."""

@@ -270,7 +270,17 @@ def verify_gguf(path: Path, ref: Reference, quant: str, verifier: str = "auto") 
         return verify_gguf_transformers(path, ref, quant)
     state = llamacpp.status()
     if state.working:
-        return verify_gguf_llamacpp(path, ref, quant)
+        try:
+            return verify_gguf_llamacpp(path, ref, quant)
+        except llamacpp.LlamaCppError as exc:
+            if verifier == "llama.cpp":
+                return Verification(
+                    False, f"llama.cpp {state.version}", {}, [f"llama.cpp could not run it: {exc}"]
+                )
+            # llama.cpp itself failed (e.g. SIGILL in a kernel), not the file: check it the other way
+            result = verify_gguf_transformers(path, ref, quant)
+            result.method += f" (llama.cpp could not run it: {exc})"
+            return result
     if verifier == "llama.cpp":
         return Verification(
             False, "llama.cpp", {}, [f"the llama.cpp verifier is not available: {state.line()}"]
@@ -292,23 +302,24 @@ def verify_gguf_llamacpp(
 ) -> Verification:
     """llama.cpp loads the file (and applies ``lora``): logits on the probe within the type's
     tolerance, the same greedy continuation (F16/Q8_0), the same tokens for a test string, and
-    the chat rendered by llama.cpp's own template code equal to the tokenizer's."""
+    the chat rendered by llama.cpp's own template code equal to the tokenizer's.
+
+    Raises ``LlamaCppError`` when llama.cpp itself cannot run (a crash, a timeout): the caller
+    decides whether another verifier checks the file instead.
+    """
     import torch
 
     from lora_studio.core import llamacpp
 
     method = f"llama.cpp {llamacpp.status().version} ({what or quant.upper()})"
-    try:
-        run = llamacpp.evaluate(
-            path,
-            ref.ids,
-            lora=lora,
-            greedy=len(ref.greedy),
-            text=TOKENIZER_PROBE,
-            messages=TEMPLATE_PROBE if ref.tokenizer.chat_template else None,
-        )
-    except llamacpp.LlamaCppError as exc:
-        return Verification(False, method, {}, [f"llama.cpp could not run it: {exc}"])
+    run = llamacpp.evaluate(
+        path,
+        ref.ids,
+        lora=lora,
+        greedy=len(ref.greedy),
+        text=TOKENIZER_PROBE,
+        messages=TEMPLATE_PROBE if ref.tokenizer.chat_template else None,
+    )
     result = compare(torch.from_numpy(run.logits), ref, quant, method, LLAMA_CPP_TOLERANCES)
     problems = []
     want = list(ref.tokenizer.encode(TOKENIZER_PROBE, add_special_tokens=False))

@@ -252,7 +252,10 @@ class ExportPage(Page):
         if self.worker is None:
             before = self.picker.choice()
             self.picker.refresh(self.state.config.output.runs_dir)
-            if self.plan is None or self.picker.choice() != before:  # e.g. a run just finished
+            # re-plan when there is no plan (e.g. a run just finished) or the source list changed —
+            # but not right after an export, whose "✓ Exported" stays until something is changed
+            exported = self.report is not None and self.plan is None
+            if (self.plan is None and not exported) or self.picker.choice() != before:
                 self._source_chosen(self.picker.choice())
 
     def _source_chosen(self, choice: tuple[str, str]) -> None:
@@ -330,9 +333,19 @@ class ExportPage(Page):
         self._update_buttons()
 
     def _plan_failed(self, error: Exception) -> None:
+        from lora_studio.core.export import TargetsExistError
+
         self.plan = None
         self.plan_text.setText("This export cannot start: see the message above.")
-        self.messages.show_error(error)
+        if isinstance(error, TargetsExistError):  # not a failure: the files are there already
+            self.messages.show_message(
+                "info",
+                "Already in the output folder",
+                error.message,
+                "tick Overwrite to replace them, or choose another output folder",
+            )
+        else:
+            self.messages.show_error(error)
         self._update_buttons()
 
     # -- export -----------------------------------------------------------------------------------
