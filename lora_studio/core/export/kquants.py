@@ -9,10 +9,12 @@ matrix is given; Q8_0 is left to gguf-py, whose bytes already match.
 Every step is float32 in the C order of operations: elementwise work is vectorized over all
 sub-blocks at once, and each sum is accumulated one element at a time (``_running_sum``) because
 numpy's own pairwise summation rounds differently. ``tests/test_gguf_quants.py`` checks the bytes
-against llama.cpp's own quantizer wherever llama-cpp-python is installed.
+against output recorded from llama.cpp (always) and against llama.cpp's own quantizer wherever
+llama-cpp-python is installed.
 
 Arrays are laid out element-major, ``(n, sub_blocks)``, so every per-element row is contiguous and
-every sum is a sequence of vector additions. Work is done in chunks so the temporaries stay small.
+every sum is a sequence of vector additions. Work is done in chunks, on several threads, so the
+temporaries stay in cache.
 """
 
 from __future__ import annotations
