@@ -6,10 +6,13 @@ ships; ``available()`` is False without it, and tests that need it skip with tha
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,3 +53,25 @@ def ggml_quantize(array: np.ndarray, qtype: str) -> np.ndarray:
     out = np.zeros((rows, n // block * size), dtype=np.uint8)
     lib.ggml_quantize_chunk(int(kind), data.ctypes.data, out.ctypes.data, 0, rows, n, None)
     return out
+
+
+@contextlib.contextmanager
+def crashing_llama_cpp(monkeypatch: Any) -> Iterator[None]:
+    """llama.cpp "installed" but every child process dying of SIGILL — what a build for another CPU
+    does; the probe's cache is cleared before and after, so no other test sees the crash."""
+    import signal
+    import subprocess
+
+    from lora_studio.core import llamacpp
+
+    monkeypatch.setattr(llamacpp, "installed", lambda: True)
+    monkeypatch.setattr(
+        llamacpp.subprocess,
+        "run",
+        lambda args, **_: subprocess.CompletedProcess(args, -signal.SIGILL, "", ""),
+    )
+    llamacpp._probe.cache_clear()
+    try:
+        yield
+    finally:
+        llamacpp._probe.cache_clear()

@@ -85,24 +85,13 @@ def test_the_cpu_nf4_line_says_what_the_optional_kernels_package_would_add(monke
 
 
 def test_doctor_reports_the_llama_cpp_verifier_without_failing_the_machine(monkeypatch):
-    import signal
-
-    from lora_studio.core import llamacpp
+    from llama_cpp_native import crashing_llama_cpp
 
     monkeypatch.setenv("LORA_STUDIO_LLAMA_CPP", "off")
     [check] = doctor._llama_cpp()
     assert check.status == doctor.OK and "turned off" in check.detail
     monkeypatch.delenv("LORA_STUDIO_LLAMA_CPP")
-    monkeypatch.setattr(llamacpp, "installed", lambda: True)
-    monkeypatch.setattr(
-        llamacpp.subprocess,
-        "run",
-        lambda args, **_: subprocess.CompletedProcess(args, -signal.SIGILL, "", ""),
-    )
-    llamacpp._probe.cache_clear()
-    try:
+    with crashing_llama_cpp(monkeypatch):
         [check] = doctor._llama_cpp()
-    finally:
-        llamacpp._probe.cache_clear()
     assert check.status == doctor.WARNING and "SIGILL" in check.detail and "GGML_NATIVE=OFF" in check.detail
     assert "fall back to transformers" in check.fix and doctor.can_train([check])

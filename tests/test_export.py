@@ -357,24 +357,14 @@ def test_without_llama_cpp_transformers_checks_and_the_report_says_so(run_dir, t
 
 
 def test_a_llama_cpp_that_crashes_with_sigill_is_reported_with_the_fix(monkeypatch):
-    import signal
-    import subprocess
+    from llama_cpp_native import crashing_llama_cpp
 
-    monkeypatch.setattr(llamacpp, "installed", lambda: True)
-    monkeypatch.setattr(
-        llamacpp.subprocess,
-        "run",
-        lambda args, **_: subprocess.CompletedProcess(args, -signal.SIGILL, "", ""),
-    )
-    llamacpp._probe.cache_clear()
-    try:
+    with crashing_llama_cpp(monkeypatch):
         state = llamacpp.status()
         assert state.installed and not state.working
         assert "SIGILL" in state.line() and "GGML_NATIVE=OFF" in state.line()
         with pytest.raises(llamacpp.LlamaCppError, match="illegal instruction"):
             llamacpp.evaluate(Path("model.gguf"), [1, 2, 3])
-    finally:
-        llamacpp._probe.cache_clear()
 
 
 def test_when_llama_cpp_crashes_on_a_file_transformers_checks_it_and_says_why(run_dir, tmp_path, monkeypatch):

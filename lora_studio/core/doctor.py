@@ -349,11 +349,12 @@ def _llama_cpp() -> list[Check]:
                 llamacpp.INSTALL_HINT,
             )
         ]
-    try:
-        from lora_studio.core.models import default_model_gguf
+    from lora_studio.core.errors import ModelSourceError
+    from lora_studio.core.models import default_model_gguf
 
+    try:
         model: str | None = str(default_model_gguf())
-    except Exception:  # no default model: import llama.cpp without loading a file
+    except ModelSourceError:  # no default model (its own line says so): import llama.cpp, load nothing
         model = None
     found = llamacpp.status(model)
     if not found.working:

@@ -224,8 +224,7 @@ def _child_probe(request: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover
     answer = {"version": llama_cpp.__version__, "system_info": info}
     if request.get("model"):
         llm = llama_cpp.Llama(request["model"], n_ctx=64, n_threads=_threads(), verbose=False)
-        llm.eval(llm.tokenize(b"Hello", add_bos=True))
-        answer["n_vocab"] = llm.n_vocab()
+        llm.eval(llm.tokenize(b"Hello", add_bos=True))  # a forward pass: a bad kernel dies here
         llm.close()
     return answer
 
@@ -275,15 +274,17 @@ def _evaluate(request: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - 
                 role, content = message["role"].encode(), message["content"].encode()
                 keep += [role, content]
                 chat[i].role, chat[i].content = role, content
-            size = 16384
-            buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_chat_apply_template(tmpl, chat, len(messages), True, buf, size)
+            size = n = 16384
+            while n >= size:  # it returns the length it needs: a longer chat gets a bigger buffer
+                size = max(size, n + 1)
+                buf = ctypes.create_string_buffer(size)
+                n = llama_cpp.llama_chat_apply_template(tmpl, chat, len(messages), True, buf, size)
             if n < 0:
                 problem = (
                     "llama.cpp does not recognise this chat template (it renders only the templates it knows)"
                 )
             else:
-                template = buf.raw[: min(n, size)].decode("utf-8", "replace")
+                template = buf.raw[:n].decode("utf-8", "replace")
     np.save(request["logits_out"], logits)
     llm.close()
     return {

@@ -294,31 +294,15 @@ class ExportJob:
     def _verify_adapter_gguf(self, path: Path) -> Verification:
         """llama.cpp applies the adapter to a base GGUF — the one the base model came from, else an
         F16 GGUF of the base written for the check — and must answer like the merged model."""
-        from lora_studio.core import llamacpp
         from lora_studio.core.export import verify as ver
 
-        assert self.reference is not None
-        if self.verifier == "transformers":
-            return ver.verify_adapter_gguf(path, self.reference, self.config)
-        state = llamacpp.status()
-        if not state.working:
-            if self.verifier == "llama.cpp":
-                return Verification(
-                    False, "llama.cpp", {}, [f"the llama.cpp verifier is not available: {state.line()}"]
-                )
-            result = ver.verify_adapter_gguf(path, self.reference, self.config)
-            result.method += f" ({llamacpp.fallback_note(state)})"
-            return result
-        try:
-            return self._adapter_in_llama_cpp(path)
-        except llamacpp.LlamaCppError as exc:
-            if self.verifier == "llama.cpp":
-                return Verification(
-                    False, f"llama.cpp {state.version}", {}, [f"llama.cpp could not run it: {exc}"]
-                )
-            result = ver.verify_adapter_gguf(path, self.reference, self.config)
-            result.method += f" (llama.cpp could not run it: {exc})"
-            return result
+        reference = self.reference
+        assert reference is not None
+        return ver.choose_verifier(
+            self.verifier,
+            lambda: self._adapter_in_llama_cpp(path),
+            lambda: ver.verify_adapter_gguf(path, reference, self.config),
+        )
 
     def _adapter_in_llama_cpp(self, path: Path) -> Verification:
         from lora_studio.core.export import files

@@ -45,11 +45,6 @@ def _running_sum(terms: np.ndarray) -> np.ndarray:
     return total
 
 
-def _fp16(values: np.ndarray) -> np.ndarray:
-    """``GGML_FP32_TO_FP16`` then back: round to nearest even half, as float32."""
-    return values.astype(np.float16).astype(F32)
-
-
 # -- the search helpers -------------------------------------------------------------------------
 
 
@@ -107,8 +102,7 @@ def make_qkx2_quants(
             cur_min = np.where(better, this_min, cur_min)
     scale = np.where(flat, F32(0), scale)
     levels = np.where(flat, np.uint8(0), levels)
-    best_min = cur_min
-    return scale.astype(F32), (-best_min).astype(F32), levels
+    return scale.astype(F32), (-cur_min).astype(F32), levels
 
 
 def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,15 +110,8 @@ def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
 
     Returns (scale, L) with L = level + nmax as uint8, shaped like ``x``.
     """
-    n = x.shape[0]
-    ax = np.abs(x)
-    amax = ax[0].copy()
-    top = x[0].copy()
-    for i in range(1, n):
-        larger = ax[i] > amax
-        amax = np.where(larger, ax[i], amax)
-        top = np.where(larger, x[i], top)
-    zero = amax < GROUP_MAX_EPS
+    top = _signed_absmax(x.T)
+    zero = np.abs(top) < GROUP_MAX_EPS
     top = np.where(zero, F32(1), top)
     w = x * x
 
@@ -317,17 +304,23 @@ def _nibbles(q: np.ndarray) -> np.ndarray:
     return (q[:, :16] & 0xF) | ((q[:, 16:] & 0xF) << 4)
 
 
+def _symmetric(x: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_0 (16 levels) and Q5_0 (32): d = max / -(levels/2), q = min(levels-1, (int8)(x/d + levels/2 + 0.5))."""
+    half = levels // 2
+    d = _signed_absmax(x) / F32(-half)
+    q = np.trunc(x * _inverse(d)[:, None] + F32(half + 0.5)).astype(np.int8)
+    return d, np.minimum(q, levels - 1).astype(np.uint8)
+
+
 def quantize_q4_0(x: np.ndarray) -> np.ndarray:
     """(blocks, 32) → (blocks, 18): d, qs[16]."""
-    d = _signed_absmax(x) / F32(-8)
-    q = np.minimum(np.trunc(x * _inverse(d)[:, None] + F32(8.5)).astype(np.int8), 15).astype(np.uint8)
+    d, q = _symmetric(x, 16)
     return np.concatenate([d.astype(np.float16).view(np.uint8).reshape(-1, 2), _nibbles(q)], axis=1)
 
 
 def quantize_q5_0(x: np.ndarray) -> np.ndarray:
     """(blocks, 32) → (blocks, 22): d, qh[4], qs[16]."""
-    d = _signed_absmax(x) / F32(-16)
-    q = np.minimum(np.trunc(x * _inverse(d)[:, None] + F32(16.5)).astype(np.int8), 31).astype(np.uint8)
+    d, q = _symmetric(x, 32)
     return np.concatenate(
         [d.astype(np.float16).view(np.uint8).reshape(-1, 2), _high_bits(q), _nibbles(q)], axis=1
     )

@@ -164,7 +164,11 @@ def plan_export(
             hint="choose another output folder, or pass --overwrite to replace them",
         )
     shapes = weight_shapes(base.path)
-    needed = _disk_needed(src, names, quants, resolved_dtype, shapes, config, base.path)
+    choices: list[GGUFChoice] = []
+    if model_supports_gguf(config):  # every type's size: the page shows them, the disk check adds them
+        choices = gguf_choices(shapes, config, metadata_bytes=gguf_metadata_bytes(src, base.path, shapes))
+    gguf_bytes = {c.quant: c.file_bytes for c in choices}
+    needed = _disk_needed(src, names, quants, resolved_dtype, shapes, base.path, gguf_bytes)
     free = shutil.disk_usage(_existing_parent(out)).free
     injected = parse_faults(faults)
     if injected.get("low_disk"):
@@ -194,9 +198,6 @@ def plan_export(
                 "QLoRA run: the base model is reloaded unquantized (fp32) and the adapter merged into "
                 "those weights, never into 4-bit ones"
             )
-    choices: list[GGUFChoice] = []
-    if model_supports_gguf(config):
-        choices = gguf_choices(shapes, config, metadata_bytes=gguf_metadata_bytes(src, base.path, shapes))
     return ExportPlan(
         source=src,
         formats=names,
@@ -381,11 +382,9 @@ def _disk_needed(
     quants: list[str],
     dtype: str,
     shapes: dict[str, tuple[int, ...]],
-    config: Any,
     base_path: Path,
+    gguf_bytes: dict[str, int],
 ) -> int:
-    from lora_studio.core.export import gguf as gg
-
     adapter = sum(f.stat().st_size for f in src.adapter_dir.iterdir() if f.is_file())
     tok_dir = src.adapter_dir if (src.adapter_dir / "tokenizer_config.json").is_file() else base_path
     tokenizer = sum((tok_dir / n).stat().st_size for n in TOKENIZER_FILES if (tok_dir / n).is_file())
@@ -397,8 +396,7 @@ def _disk_needed(
         elif fmt == "merged":
             needed += params * DTYPE_BYTES[dtype] + tokenizer
         elif fmt == "gguf":
-            for q in quants:
-                needed += sum(t.nbytes for t in gg.plan_model_tensors(shapes, config, q)) + tokenizer
+            needed += sum(gguf_bytes[q] for q in quants)
         elif fmt == "gguf-adapter":
             needed += 2 * adapter
     return needed

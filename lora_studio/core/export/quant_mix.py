@@ -51,10 +51,6 @@ class ModelShape:
         """llama.cpp's LLM_TYPE_70B, the one model size its rules single out."""
         return self.arch == "llama" and self.n_layer == 80 and self.n_head != self.n_head_kv
 
-    @property
-    def n_gqa(self) -> int:
-        return self.n_head // max(self.n_head_kv, 1)
-
 
 def _category(name: str) -> str:
     if name == "output.weight":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,29 +264,43 @@ def verify_merged(folder: Path, ref: Reference, dtype: str) -> Verification:
 
 def verify_gguf(path: Path, ref: Reference, quant: str, verifier: str = "auto") -> Verification:
     """llama.cpp when it is installed and works (``auto``), else transformers' GGUF loader."""
+    return choose_verifier(
+        verifier,
+        lambda: verify_gguf_llamacpp(path, ref, quant),
+        lambda: verify_gguf_transformers(path, ref, quant),
+    )
+
+
+def choose_verifier(
+    verifier: str, by_llama_cpp: Callable[[], Verification], by_transformers: Callable[[], Verification]
+) -> Verification:
+    """Run the llama.cpp check when it can run, else the transformers one — and say why in the method.
+
+    ``auto`` falls back when llama.cpp is missing, broken, or crashes on this file (that is
+    llama.cpp's fault, not the file's); ``llama.cpp`` fails the check instead.
+    """
     from lora_studio.core import llamacpp
 
     if verifier == "transformers":
-        return verify_gguf_transformers(path, ref, quant)
+        return by_transformers()
     state = llamacpp.status()
-    if state.working:
+    if not state.working:
+        if verifier == "llama.cpp":
+            return Verification(
+                False, "llama.cpp", {}, [f"the llama.cpp verifier is not available: {state.line()}"]
+            )
+        why = llamacpp.fallback_note(state)
+    else:
         try:
-            return verify_gguf_llamacpp(path, ref, quant)
+            return by_llama_cpp()
         except llamacpp.LlamaCppError as exc:
             if verifier == "llama.cpp":
                 return Verification(
                     False, f"llama.cpp {state.version}", {}, [f"llama.cpp could not run it: {exc}"]
                 )
-            # llama.cpp itself failed (e.g. SIGILL in a kernel), not the file: check it the other way
-            result = verify_gguf_transformers(path, ref, quant)
-            result.method += f" (llama.cpp could not run it: {exc})"
-            return result
-    if verifier == "llama.cpp":
-        return Verification(
-            False, "llama.cpp", {}, [f"the llama.cpp verifier is not available: {state.line()}"]
-        )
-    result = verify_gguf_transformers(path, ref, quant)
-    result.method += f" ({llamacpp.fallback_note(state)})"
+            why = f"llama.cpp could not run it: {exc}"
+    result = by_transformers()
+    result.method += f" ({why})"
     return result
 
 
